@@ -1,0 +1,123 @@
+"""The algorithm interface: what every semi-supervised method is.
+
+An algorithm is a handful of pure functions over its own state (a pytree carried in
+``TrainState.algo``). The train step (``ssfer_jax/step.py``) never knows an algorithm
+by name; it only
+
+1. runs the student on the views the algorithm asks for (``student_views``, with
+   gradients) and the pseudo-label source (EMA teacher or the student with a stop-
+   gradient, ``config.pseudo_label_source``) on ``pseudo_views``;
+2. calls ``unlabeled_loss(state, inputs, cfg)`` which returns the (already weighted)
+   unlabeled loss, the algorithm's new state, the per-sample mask/weight and
+   pseudo-labels, and any diagnostics;
+3. adds ``lambda_x * CE(labeled)``.
+
+Everything an algorithm computes runs inside the compiled step, on the *global* batch:
+under ``jax.jit`` over a mesh a ``jnp.mean`` / ``jnp.sum`` over the batch axis is a
+cross-device reduction, so statistics (thresholds, counts, EMAs) are the same on every
+device and equal to a one-device run on the same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+PyTree = Any
+
+
+class StepInputs(NamedTuple):
+  """What an algorithm may read. Shapes: B labeled, U unlabeled, C classes.
+
+  logits_*: float32. ``logits_ulb_w`` / ``logits_ulb_w2`` / ``teacher_logits_lb`` come from
+  the pseudo-label source and carry no gradient; ``logits_lb``, ``logits_ulb_s`` and the
+  ``student_*`` entries are the student's, with gradient.
+  """
+  logits_lb: jax.Array              # (B, C) student, labeled weak view
+  y_lb: jax.Array                   # (B,) int32
+  logits_ulb_s: jax.Array           # (U, C) student, unlabeled strong view (None if unused)
+  logits_ulb_w: jax.Array           # (U, C) pseudo-label source, unlabeled weak view
+  teacher_logits_lb: jax.Array      # (B, C) pseudo-label source, labeled weak view
+  idx_ulb: jax.Array                # (U,) int32 index of each unlabeled sample in its dataset
+  y_ulb: jax.Array                  # (U,) int32 true label, -1 where unknown; diagnostics only
+  step: jax.Array                   # () int32, the step being taken (0-based)
+  epoch: jax.Array                  # () float32, step / steps_per_epoch
+  steps_per_epoch: int              # static
+  logits_ulb_w2: Optional[jax.Array] = None      # (U, C) pseudo source, second weak view
+  student_ulb_w: Optional[dict] = None           # student outputs ('logits','features') on weak
+  student_ulb_w2: Optional[dict] = None          # ... on the second weak view
+  student_ulb_s: Optional[dict] = None           # ... on the strong view (features included)
+
+
+class UnlabeledOutput(NamedTuple):
+  loss: jax.Array            # () weighted sum of all unlabeled terms (added to lambda_x * L_x)
+  state: PyTree              # the algorithm's new state
+  mask: jax.Array            # (U,) float32 per-sample weight in [0, 1] of the pseudo-label loss
+  pseudo_labels: jax.Array   # (U,) int32
+  metrics: dict              # name -> scalar or small (C,) array, all jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """A semi-supervised method. All callables are pure and jit-compatible.
+
+  name: the ``config.algorithm`` value.
+  default_config: () -> ConfigDict of the method's hyper-parameters (``config.algo``).
+  init_state: (cfg, num_classes, num_unlabeled) -> pytree of jnp arrays.
+  unlabeled_loss: (state, StepInputs, cfg) -> UnlabeledOutput. ``None`` for labeled-only.
+  student_views: unlabeled views the student runs on with gradient.
+  pseudo_views: unlabeled views the pseudo-label source runs on.
+  labeled_supervision_weight: multiplies lambda_x (Ada-CM uses 0.5).
+  """
+  name: str
+  default_config: Callable[[], ml_collections.ConfigDict]
+  init_state: Callable[[ml_collections.ConfigDict, int, int], PyTree]
+  unlabeled_loss: Optional[Callable[[PyTree, StepInputs, ml_collections.ConfigDict],
+                                    UnlabeledOutput]]
+  student_views: tuple[str, ...] = ("ulb_s",)
+  pseudo_views: tuple[str, ...] = ("ulb_w",)
+  needs_teacher_on_labeled: bool = False
+  uses_unlabeled: bool = True
+  uses_all_labels: bool = False
+  labeled_supervision_weight: float = 1.0
+
+  @property
+  def views(self) -> tuple[str, ...]:
+    """Every unlabeled view the input pipeline must produce."""
+    return tuple(sorted(set(self.student_views) | set(self.pseudo_views))) if self.uses_unlabeled else ()
+
+
+# ---------------------------------------------------------------------------------------
+# Small shared pieces the methods compose.
+
+def cross_entropy(logits, labels):
+  """Per-sample CE with integer labels, float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def confidence_and_label(logits):
+  """(max softmax probability, arg-max) in float32, no temperature (SPEC §2.1)."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
+
+
+def masked_mean_ce(logits_s, pseudo_labels, mask):
+  """mean over all U samples of mask * CE(student strong, pseudo) (the FixMatch form)."""
+  return jnp.mean(mask * cross_entropy(logits_s, pseudo_labels))
+
+
+def no_state(cfg, num_classes, num_unlabeled):
+  del cfg, num_classes, num_unlabeled
+  return {}
+
+
+def linear_rampup(step, rampup_steps):
+  """0 -> 1 linearly over ``rampup_steps`` steps (1 at once when rampup_steps <= 0)."""
+  if rampup_steps <= 0:
+    return jnp.float32(1.0)
+  return jnp.clip(step.astype(jnp.float32) / float(rampup_steps), 0.0, 1.0)

@@ -1,0 +1,147 @@
+"""The base configuration every ``configs/*.py`` starts from, and its validation.
+
+Configs are code (ml_collections): a config file's ``get_config(arg)`` calls
+``base_config()``, sets what differs and returns it. The base holds every key the
+trainer reads, so a key that is not here is a typo: ``validate`` names it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ssfer_jax import algorithms
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.algorithm = "fixmatch"
+  c.algo = algorithms.get_algorithm("fixmatch").default_config()
+  c.pseudo_label_source = "teacher"   # 'teacher' (EMA) or 'student' (stop-gradient)
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "synthetic"        # synthetic | rafdb | affectnet7 | affectnet8 | fer2013 | ferplus | sfew | image_folder | csv_list
+  c.dataset.data_dir = ""             # where prepared TFDS datasets live
+  c.dataset.seed = 0                  # synthetic: generator seed
+  c.dataset.num_train = 6000          # synthetic: training images
+  c.dataset.num_test = 1500           # synthetic: test images
+  c.dataset.render_size = 48          # synthetic: rendered side in pixels
+  c.dataset.builder_kwargs = ml_collections.ConfigDict()  # extra options for real-dataset builders
+
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 48
+  c.data.mean = (0.5, 0.5, 0.5)
+  c.data.std = (0.25, 0.25, 0.25)
+  c.data.batch_size = 32              # labeled images per global step
+  c.data.uratio = 3                   # unlabeled images per labeled image
+  c.data.labels_per_class = 10
+  c.data.num_labels = 0               # with label_protocol='adacm'
+  c.data.label_protocol = "uniform"   # 'uniform' (labels_per_class) or 'adacm' (num_labels)
+  c.data.labeled_ids_file = ""        # reproduce a published split
+  c.data.split_seed = 0
+  c.data.unlabeled_includes_labeled = False
+  c.data.class_balanced = False
+  c.data.crop_pad = 4
+  c.data.randaugment_n = 3
+  c.data.cutout = 0.5
+  c.data.num_workers = 0              # grain worker processes (0: threads in this process)
+  c.data.read_threads = 2
+  c.data.prefetch = 4
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "small_cnn"      # small_cnn | resnet18 | resnet50
+  c.model.head_dropout = 0.5
+  c.model.attention = False
+  c.model.attention_mode = "pixel"    # pixel | grid
+  c.model.attention_grid = 3
+  c.model.feature_dropout = 0.0       # probability of dropping one feature-map block
+  c.model.feature_dropout_block = 0.35
+  c.model.feature_dropout_mode = "random_block"  # random_block | max_attention
+  c.model.compute_dtype = "float32"   # float32 | bfloat16 (parameters stay float32)
+  c.init_from = ""                    # converted pretrained weights (ssfer_jax.convert)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"               # adam | adamw | sgd
+  c.optim.lr = 5e-4
+  c.optim.weight_decay = 0.0
+  c.optim.momentum = 0.9              # sgd
+  c.optim.schedule = "constant"       # constant | cosine
+  c.optim.warmup_steps = 0
+  c.optim.grad_clip = 0.0             # global-norm clip (0: off)
+  c.optim.accum_steps = 1             # gradient accumulation micro-steps
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.lambda_x = 1.0
+
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = 0.999
+  c.ema.warmup = True                 # decay = min(decay, (1+t)/(10+t))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1500
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2
+  c.train.async_checkpoint = True
+  c.train.progress = True             # live progress line on stderr
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.mode = "auto"         # auto | explicit | off
+  c.distributed.coordinator_address = ""
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c
+
+
+def set_algorithm(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Switches ``c`` to method ``name`` with that method's default hyper-parameters."""
+  c.algorithm = name
+  c.algo = algorithms.get_algorithm(name).default_config()
+  return c
+
+
+def parse_variant(arg: str | None) -> dict:
+  """``'dta_snl,labels=25'`` -> {'method': 'dta_snl', 'labels': '25'} (big_vision-style)."""
+  out = {}
+  for part in filter(None, (arg or "").split(",")):
+    key, sep, value = part.partition("=")
+    if sep:
+      out[key.strip()] = value.strip()
+    else:
+      out["method"] = key.strip()
+  return out
+
+
+def _flat_keys(cfg, prefix=""):
+  for k, v in cfg.items():
+    if isinstance(v, ml_collections.ConfigDict) and k not in ("algo", "builder_kwargs"):
+      yield from _flat_keys(v, prefix + k + ".")
+    else:
+      yield prefix + k
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys (against ``base_config`` and the method's own defaults) are errors."""
+  known = set(_flat_keys(base_config()))
+  unknown = sorted(set(_flat_keys(config)) - known)
+  if unknown:
+    raise ValueError(f"unknown config key(s): {', '.join('config.' + k for k in unknown)}. "
+                     "Check the spelling against ssfer_jax/config.py")
+  algo = algorithms.get_algorithm(config.algorithm)
+  expected = set(algo.default_config().keys())
+  got = set(config.algo.keys())
+  if got != expected:
+    extra, missing = sorted(got - expected), sorted(expected - got)
+    raise ValueError(
+        f"config.algo does not match config.algorithm={config.algorithm!r}: "
+        + (f"unknown key(s) {', '.join('config.algo.' + k for k in extra)}; " if extra else "")
+        + (f"missing {', '.join('config.algo.' + k for k in missing)}; " if missing else "")
+        + "switch methods with the config variant (e.g. --config=configs/default.py:"
+        f"{config.algorithm}), which loads the method's defaults")

@@ -1,0 +1,239 @@
+"""Grain input pipeline: labeled and unlabeled training streams, and the test batches.
+
+    source --[per-host slice]--> shuffle / class-balanced order --> repeat
+           --> random_map(views: weak / strong / second weak) --> batch(local batch)
+
+Each stream is a ``grain.MapDataset`` turned into a checkpointable iterator; the two
+iterator states are saved with the train state (``checkpoint.py``), so a resumed run
+reads exactly the batches an uninterrupted one would have read. Images stay uint8
+until the device normalises them (``step.normalize``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from ssfer_jax.data import augment, splits
+from ssfer_jax.data.sources import SubsetSource
+
+
+def fit_image(img: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
+  """uint8 (H,W[,C]) -> (size,size,channels): resize (bilinear) and grey<->RGB as needed."""
+  img = np.asarray(img)
+  if img.ndim == 2:
+    img = img[..., None]
+  if img.shape[0] != size or img.shape[1] != size:
+    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    img = np.asarray(pil.resize((size, size), Image.BILINEAR))
+    if img.ndim == 2:
+      img = img[..., None]
+  if img.shape[-1] != channels:
+    img = np.repeat(img[..., :1], channels, -1) if channels == 3 else img[..., :1]
+  return img
+
+
+class BalancedOrder:
+  """Class-balanced infinite index stream: position k has class perm_b[k % C] for block
+  b = k // C (a seeded shuffle of the classes), and walks that class's own seeded
+  permutation, re-drawn every time the class is exhausted. Pure function of (seed, k)."""
+
+  def __init__(self, labels: np.ndarray, num_classes: int, seed: int):
+    self.by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    self.present = [c for c in range(num_classes) if len(self.by_class[c])]
+    self.seed = seed
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __getitem__(self, k):
+    k = int(k)
+    n = len(self.present)
+    block, pos = divmod(k, n)
+    c = self.present[np.random.default_rng([self.seed, 1, block]).permutation(n)[pos]]
+    members = self.by_class[c]
+    epoch, j = divmod(block, len(members))
+    return int(members[np.random.default_rng([self.seed, 2, c, epoch]).permutation(len(members))[j]])
+
+
+class LabeledView(grain.transforms.RandomMap):
+  def __init__(self, size, channels, pad):
+    self.size, self.channels, self.pad = size, channels, pad
+
+  def random_map(self, item, rng):
+    img = fit_image(item["image"], self.size, self.channels)
+    return {"x_lb": augment.weak(img, rng, self.pad), "y_lb": np.int32(item["label"])}
+
+
+class UnlabeledViews(grain.transforms.RandomMap):
+  def __init__(self, size, channels, pad, views, ra_n, cutout):
+    self.size, self.channels, self.pad = size, channels, pad
+    self.views, self.ra_n, self.cutout = tuple(views), ra_n, cutout
+
+  def random_map(self, item, rng):
+    img = fit_image(item["image"], self.size, self.channels)
+    out = {"idx_ulb": np.int32(item["index"]), "y_ulb": np.int32(item.get("label", -1))}
+    for v in self.views:
+      if v in ("ulb_w", "ulb_w2"):
+        out["x_" + v] = augment.weak(img, rng, self.pad)
+      elif v == "ulb_s":
+        out["x_" + v] = augment.strong(img, rng, self.pad, self.ra_n, self.cutout)
+      else:
+        raise ValueError(f"unknown unlabeled view {v!r}")
+    return out
+
+
+@dataclasses.dataclass
+class TrainData:
+  """The training streams of one run, with what the rest of the trainer needs to know."""
+  labeled: SubsetSource
+  unlabeled: SubsetSource | None
+  labeled_ids: np.ndarray
+  steps_per_epoch: int
+
+
+def split_train(dataset, config, algorithm, workdir=None) -> TrainData:
+  """Chooses the labeled ids (budget or file), writes them to the workdir."""
+  train = dataset.train
+  n = len(train)
+  dcfg = config.data
+  if algorithm.uses_all_labels:
+    ids = np.arange(n)
+  elif dcfg.labeled_ids_file:
+    ids = splits.read_ids(dcfg.labeled_ids_file, dataset=dataset.name, num_train=n)
+  else:
+    budget = splits.per_class_budget(dataset.num_classes, labels_per_class=dcfg.labels_per_class,
+                                     total=dcfg.num_labels, protocol=dcfg.label_protocol)
+    ids = splits.select_labeled(np.asarray(train.labels), budget, dcfg.split_seed)
+  if workdir is not None and jax.process_index() == 0:
+    splits.write_ids(f"{workdir}/labeled_ids.json", ids, dataset=dataset.name, num_train=n)
+  labeled = SubsetSource(train, ids)
+  unlabeled = None
+  if algorithm.uses_unlabeled:
+    rest = np.arange(n) if dcfg.unlabeled_includes_labeled else np.setdiff1d(np.arange(n), ids)
+    unlabeled = SubsetSource(train, rest)
+  if unlabeled is not None:
+    steps = max(1, len(unlabeled) // (dcfg.batch_size * dcfg.uratio))
+  else:
+    steps = max(1, len(labeled) // dcfg.batch_size)
+  return TrainData(labeled, unlabeled, ids, steps)
+
+
+def _host_slice(source_len: int):
+  """Indices this process reads (every process_count-th row, from its index)."""
+  return np.arange(jax.process_index(), source_len, jax.process_count())
+
+
+def _finish(ds, batch_size, dcfg):
+  ds = ds.batch(batch_size, drop_remainder=True)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=dcfg.read_threads,
+                                               prefetch_buffer_size=dcfg.prefetch))
+  if dcfg.num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=dcfg.num_workers))
+  return it_ds
+
+
+def _local_batch(global_size: int, what: str) -> int:
+  if global_size % jax.process_count():
+    raise ValueError(f"{what}={global_size} must be divisible by the {jax.process_count()} processes")
+  return global_size // jax.process_count()
+
+
+def labeled_stream(train: TrainData, config, channels: int):
+  dcfg = config.data
+  host_rows = _host_slice(len(train.labeled))
+  local = SubsetSource(train.labeled, host_rows)
+  if dcfg.class_balanced:
+    order = BalancedOrder(np.asarray(local.labels), int(np.max(train.labeled.labels)) + 1,
+                          seed=config.seed)
+    ds = grain.MapDataset.source(order).map(_Lookup(local))
+  else:
+    ds = grain.MapDataset.source(local).seed(config.seed).shuffle().repeat()
+  ds = ds.seed(config.seed + 1).random_map(LabeledView(dcfg.image_size, channels, dcfg.crop_pad))
+  return _finish(ds, _local_batch(dcfg.batch_size, "config.data.batch_size"), dcfg)
+
+
+def unlabeled_stream(train: TrainData, config, channels: int, views):
+  dcfg = config.data
+  host_rows = _host_slice(len(train.unlabeled))
+  local = _Reindexed(train.unlabeled, host_rows)
+  ds = grain.MapDataset.source(local).seed(config.seed + 2).shuffle().repeat()
+  ds = ds.seed(config.seed + 3).random_map(UnlabeledViews(
+      dcfg.image_size, channels, dcfg.crop_pad, views, dcfg.randaugment_n, dcfg.cutout))
+  return _finish(ds, _local_batch(dcfg.batch_size * dcfg.uratio, "batch_size * uratio"), dcfg)
+
+
+class _Lookup(grain.transforms.Map):
+  """index -> source[index] (a picklable class, for grain worker processes)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def map(self, i):
+    return self.source[i]
+
+
+class _Reindexed:
+  """Rows ``rows`` of a SubsetSource, keeping its ``index`` (position in the full unlabeled set)."""
+
+  def __init__(self, source, rows):
+    self.source, self.rows = source, np.asarray(rows)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return self.source[int(self.rows[int(i)])]
+
+
+class TrainBatches:
+  """Merged labeled + unlabeled batches; ``get_state`` / ``set_state`` for checkpoints."""
+
+  def __init__(self, train: TrainData, config, algorithm, channels: int = 3):
+    self._lb_ds = labeled_stream(train, config, channels)
+    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views)
+                    if algorithm.uses_unlabeled else None)
+    self.lb = iter(self._lb_ds)
+    self.ulb = iter(self._ulb_ds) if self._ulb_ds is not None else None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = dict(next(self.lb))
+    if self.ulb is not None:
+      batch.update(next(self.ulb))
+    return batch
+
+  def get_state(self) -> dict:
+    return {"labeled": self.lb.get_state(),
+            "unlabeled": self.ulb.get_state() if self.ulb is not None else None}
+
+  def set_state(self, state: dict) -> None:
+    self.lb.set_state(state["labeled"])
+    if self.ulb is not None:
+      self.ulb.set_state(state["unlabeled"])
+
+
+def eval_arrays(source, size: int, channels: int = 3):
+  """The whole evaluation split decoded once: (images uint8 (N,size,size,C), labels)."""
+  images = np.stack([fit_image(source[i]["image"], size, channels) for i in range(len(source))])
+  return images, np.asarray(source.labels, np.int32)
+
+
+def eval_batches(images, labels, global_batch: int):
+  """Fixed-size global batches covering every example once; padding rows have valid=0.
+  Yields this process's rows of each global batch."""
+  n = len(labels)
+  local = _local_batch(global_batch, "config.eval.batch_size")
+  lo_row = jax.process_index() * local
+  for start in range(0, n, global_batch):
+    idx = np.arange(start + lo_row, start + lo_row + local)
+    valid = idx < n
+    idx = np.where(valid, idx, 0)
+    yield images[idx], labels[idx], valid

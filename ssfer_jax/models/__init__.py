@@ -1,0 +1,34 @@
+"""Model construction from config: ``build_model(config.model, num_classes)``."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ssfer_jax.models.head import FERNet
+from ssfer_jax.models.resnet import ResNet18, ResNet50
+from ssfer_jax.models.small_cnn import SmallCNN
+
+BACKBONES = {
+    "small_cnn": lambda dtype: SmallCNN(dtype=dtype),
+    "resnet18": lambda dtype: ResNet18(dtype=dtype),
+    "resnet50": lambda dtype: ResNet50(dtype=dtype),
+}
+
+
+def build_model(model_cfg, num_classes: int) -> FERNet:
+  if model_cfg.backbone not in BACKBONES:
+    raise ValueError(f"config.model.backbone={model_cfg.backbone!r} is not one of "
+                     f"{sorted(BACKBONES)}")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.compute_dtype]
+  return FERNet(
+      backbone=BACKBONES[model_cfg.backbone](dtype),
+      num_classes=num_classes,
+      head_dropout=model_cfg.head_dropout,
+      attention=model_cfg.attention,
+      attention_mode=model_cfg.attention_mode,
+      attention_grid=model_cfg.attention_grid,
+      feature_dropout=model_cfg.feature_dropout,
+      feature_dropout_block=model_cfg.feature_dropout_block,
+      feature_dropout_mode=model_cfg.feature_dropout_mode,
+      dtype=dtype,
+  )

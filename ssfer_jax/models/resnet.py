@@ -1,0 +1,91 @@
+"""ResNet-18 / ResNet-50 backbones (Flax linen, NHWC, BatchNorm).
+
+The layout follows torchvision's ResNet (7x7/2 stem, 3x3/2 max-pool, four stages)
+so that ``ssfer_jax.convert`` can map a PyTorch ``state_dict`` onto it one to one:
+module names here are ``conv1``, ``bn1``, ``layer{1..4}_{i}`` with ``conv{1,2,3}``,
+``bn{1,2,3}`` and ``downsample_conv`` / ``downsample_bn``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)),
+                  name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = self.norm(name="bn2", scale_init=nn.initializers.ones)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
+                           name="downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  filters: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)),
+                  name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.norm(name="bn3")(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides),
+                           name="downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """Returns the last convolutional feature map (N, H/32, W/32, C)."""
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(self.width * 2**i, strides, conv=conv, norm=norm,
+                           name=f"layer{i + 1}_{j}")(x)
+    return x
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)

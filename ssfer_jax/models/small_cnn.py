@@ -1,0 +1,26 @@
+"""A small VGG-style CNN with BatchNorm: the CPU default and the model of the fast tests."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+  """Three stages of (conv-BN-ReLU) x2 + 2x2 max-pool. Returns the last feature map."""
+  widths: Sequence[int] = (32, 64, 128)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i, width in enumerate(self.widths):
+      for j in range(2):
+        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}_{j}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         name=f"bn{i}_{j}")(x)
+        x = nn.relu(x)
+      if i < len(self.widths) - 1:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x

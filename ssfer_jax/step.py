@@ -1,0 +1,173 @@
+"""The pure train step ``(state, batch) -> (state, metrics)`` and the eval step.
+
+A batch is a dict of arrays (global batch; split over the mesh's data axis):
+
+  x_lb (B,H,W,C) uint8, y_lb (B,) int32               labeled, weak view
+  x_ulb_w, x_ulb_s, [x_ulb_w2] (U,H,W,C) uint8          unlabeled views the algorithm asks for
+  idx_ulb (U,) int32, y_ulb (U,) int32 (-1 = unknown)    unlabeled index / true label (diagnostics)
+
+Images travel as uint8 and are normalised here, on the device. The step knows the
+algorithm interface (``algorithms/base.py``), never an algorithm's name.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssfer_jax.algorithms.base import StepInputs, cross_entropy
+from ssfer_jax.state import TrainState
+
+
+def normalize(x, mean, std):
+  x = x.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def ema_decay(step, decay, warmup: bool):
+  """Teacher EMA decay; with warm-up, min(decay, (1 + step) / (10 + step)) (Mean Teacher's ramp)."""
+  if not warmup:
+    return jnp.float32(decay)
+  s = step.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + s) / (10.0 + s))
+
+
+def ema_update(ema, new, decay):
+  return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema, new)
+
+
+def _split(tree, sizes):
+  """Splits every leaf of a dict of batched arrays into consecutive chunks of ``sizes``."""
+  offsets = [0]
+  for s in sizes:
+    offsets.append(offsets[-1] + s)
+  return [jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], tree)
+          for lo, hi in zip(offsets[:-1], offsets[1:])]
+
+
+def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, schedule=None):
+  """Builds the (un-jitted) pure train step. ``parallel.jit_train_step`` compiles it."""
+  algo_cfg = config.algo
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+  from_student = config.pseudo_label_source == "student"
+  if config.pseudo_label_source not in ("student", "teacher"):
+    raise ValueError("config.pseudo_label_source must be 'teacher' or 'student', got "
+                     f"{config.pseudo_label_source!r}")
+  student_views = list(algorithm.student_views) if algorithm.uses_unlabeled else []
+  pseudo_views = list(algorithm.pseudo_views) if algorithm.uses_unlabeled else []
+  # Views whose pseudo-labels come from the student but that the student does not
+  # otherwise see: they join the student's forward pass (BatchNorm in train mode, as
+  # in FixMatch's reference code) and are stop-gradiented.
+  extra_views = [v for v in pseudo_views if from_student and v not in student_views]
+  norm = functools.partial(normalize, mean=mean, std=std)
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    x_lb = norm(batch["x_lb"])
+    y_lb = batch["y_lb"].astype(jnp.int32)
+    names = ["lb"] + student_views + extra_views
+    inputs = [x_lb] + [norm(batch["x_" + v]) for v in names[1:]]
+    sizes = [x.shape[0] for x in inputs]
+
+    teacher = {}
+    if pseudo_views and not from_student or (algorithm.needs_teacher_on_labeled and not from_student):
+      t_names = list(pseudo_views) + (["lb"] if algorithm.needs_teacher_on_labeled else [])
+      t_inputs = [x_lb if v == "lb" else norm(batch["x_" + v]) for v in t_names]
+      t_out = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
+                          jnp.concatenate(t_inputs), train=False)
+      t_out = jax.lax.stop_gradient(t_out)
+      teacher = dict(zip(t_names, _split(t_out, [x.shape[0] for x in t_inputs])))
+
+    def loss_fn(params):
+      out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                 jnp.concatenate(inputs), train=True, rngs={"dropout": key},
+                                 mutable=["batch_stats"])
+      student = dict(zip(names, _split(out, sizes)))
+      logits_lb = student["lb"]["logits"]
+      loss_x = jnp.mean(cross_entropy(logits_lb, y_lb))
+      weight_x = config.loss.lambda_x * algorithm.labeled_supervision_weight
+      if not algorithm.uses_unlabeled:
+        aux = dict(batch_stats=mutated["batch_stats"], algo=state.algo, loss_x=loss_x,
+                   loss_u=jnp.float32(0.0), algo_metrics={}, mask=None, pseudo=None)
+        return weight_x * loss_x, aux
+
+      source = ({v: jax.lax.stop_gradient(student[v]) for v in pseudo_views + ["lb"]}
+                if from_student else teacher)
+      step_inputs = StepInputs(
+          logits_lb=logits_lb, y_lb=y_lb,
+          logits_ulb_s=student["ulb_s"]["logits"] if "ulb_s" in student else None,
+          logits_ulb_w=source["ulb_w"]["logits"],
+          teacher_logits_lb=source["lb"]["logits"] if "lb" in source else None,
+          idx_ulb=batch["idx_ulb"].astype(jnp.int32), y_ulb=batch["y_ulb"].astype(jnp.int32),
+          step=state.step, epoch=state.step.astype(jnp.float32) / steps_per_epoch,
+          steps_per_epoch=steps_per_epoch,
+          logits_ulb_w2=source["ulb_w2"]["logits"] if "ulb_w2" in source else None,
+          student_ulb_w=student.get("ulb_w") if "ulb_w" in student_views else None,
+          student_ulb_w2=student.get("ulb_w2") if "ulb_w2" in student_views else None,
+          student_ulb_s=student.get("ulb_s"),
+      )
+      out_u = algorithm.unlabeled_loss(state.algo, step_inputs, algo_cfg)
+      aux = dict(batch_stats=mutated["batch_stats"], algo=out_u.state, loss_x=loss_x,
+                 loss_u=out_u.loss, algo_metrics=out_u.metrics, mask=out_u.mask,
+                 pseudo=out_u.pseudo_labels)
+      return weight_x * loss_x + out_u.loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, config.ema.decay, config.ema.warmup)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=aux["batch_stats"],
+        ema_params=ema_update(state.ema_params, params, decay),
+        ema_batch_stats=ema_update(state.ema_batch_stats, aux["batch_stats"], decay),
+        opt_state=opt_state, algo=aux["algo"])
+
+    metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
+               "grad_norm": optax.global_norm(grads), "ema_decay": decay,
+               "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32)}
+    if schedule is not None:
+      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    if aux["mask"] is not None:
+      metrics.update(pseudo_label_metrics(aux["mask"], aux["pseudo"],
+                                          batch["y_ulb"].astype(jnp.int32)))
+    metrics.update({"algo/" + k: v for k, v in aux["algo_metrics"].items()})
+    return new_state, metrics
+
+  return train_step
+
+
+def pseudo_label_metrics(mask, pseudo, y_true):
+  """Mask rate, and where true labels are known (y >= 0) the precision of the kept
+  pseudo-labels and the accuracy of all pseudo-labels."""
+  known = (y_true >= 0).astype(jnp.float32)
+  correct = (pseudo == y_true).astype(jnp.float32) * known
+  kept = mask * known
+  return {
+      "mask_rate": jnp.mean(mask),
+      "pl_precision": jnp.sum(kept * correct) / jnp.maximum(jnp.sum(kept), 1e-8),
+      "pl_accuracy_all": jnp.sum(correct) / jnp.maximum(jnp.sum(known), 1.0),
+  }
+
+
+def make_eval_step(model, config, num_classes: int):
+  """(state, x uint8, y, valid) -> per-network confusion matrices (C, C), float32 counts."""
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+  def confusion(logits, y, valid):
+    pred = jnp.argmax(logits, -1)
+    t = jax.nn.one_hot(y, num_classes) * valid[:, None]
+    return t.T @ jax.nn.one_hot(pred, num_classes)
+
+  def eval_step(state: TrainState, x, y, valid):
+    x = normalize(x, mean, std)
+    valid = valid.astype(jnp.float32)
+    teacher = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
+                          x, train=False)["logits"]
+    student = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                          x, train=False)["logits"]
+    return {"teacher": confusion(teacher, y, valid), "student": confusion(student, y, valid)}
+
+  return eval_step
