@@ -52,3 +52,17 @@ def to_canonical(mapping: dict, label, *, source: str, num_classes: int = 7) -> 
                      f"{sorted(mapping, key=str)}; fix or remove this entry")
   index = mapping[label]
   return index if index < num_classes else None
+
+
+# Folder / CSV class names (lower-cased) that mean a canonical class: used by the generic
+# ``image_folder`` and ``csv_list`` builders (CK+, JAFFE, KDEF-style folder names, RAF-DB words).
+SYNONYMS = {
+    "neutral": 0, "neu": 0, "calm": 0,
+    "happiness": 1, "happy": 1, "hap": 1, "joy": 1,
+    "sadness": 2, "sad": 2,
+    "surprise": 3, "surprised": 3, "sur": 3,
+    "fear": 4, "fearful": 4, "afraid": 4,
+    "disgust": 5, "disgusted": 5, "dis": 5,
+    "anger": 6, "angry": 6, "ang": 6,
+    "contempt": 7,
+}
