@@ -7,10 +7,11 @@ Adding a method: write ``algorithms/<name>.py`` defining an ``Algorithm`` (see
 from __future__ import annotations
 
 from ssfer_jax.algorithms.base import Algorithm, StepInputs, UnlabeledOutput
+from ssfer_jax.algorithms.dta_snl import DTA_SNL, DTM
 from ssfer_jax.algorithms.fixmatch import FIXMATCH
 from ssfer_jax.algorithms.supervised import FULL_SUPERVISED, SUPERVISED
 
-_REGISTRY: dict[str, Algorithm] = {a.name: a for a in (SUPERVISED, FULL_SUPERVISED, FIXMATCH)}
+_REGISTRY: dict[str, Algorithm] = {a.name: a for a in (SUPERVISED, FULL_SUPERVISED, FIXMATCH, DTA_SNL, DTM)}
 
 
 def get_algorithm(name: str) -> Algorithm:
