@@ -1,0 +1,76 @@
+"""SFEW 2.0 (Static Facial Expressions in the Wild), 7 expressions, class folders.
+
+Reads the official layout (SPEC §4):
+
+    <manual_dir>/Train/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*.png|jpg
+    <manual_dir>/Val/{...}/...
+
+A split folder that holds a single sub-folder containing the class folders (e.g.
+``Train/Train_Aligned_Faces/Angry``) is also accepted. Folder names map to the canonical
+order through ``classes.SFEW``; an unknown folder name is an error. Files that are not
+images are counted and logged. ``Val`` is the test set (split ``validation``).
+"""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+
+from ssfer_jax.data import classes
+from ssfer_jax.data.builders import common
+
+SPLIT_DIRS = {"train": "Train", "validation": "Val"}
+
+INSTRUCTIONS = """\
+Request SFEW 2.0 from its authors (https://users.cecs.anu.edu.au/~few_group/AFEW.html),
+unpack Train and Val into one folder and pass it as --manual_dir: it must contain
+Train/<Class>/ and Val/<Class>/ with Class in Angry Disgust Fear Happy Neutral Sad Surprise.
+"""
+
+
+def class_folders(split_dir, allowed=None):
+  """The class folders of one split (descending once into a single wrapper folder)."""
+  subdirs = sorted((p for p in split_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
+  if len(subdirs) == 1 and (allowed is None or subdirs[0].name not in allowed):
+    inner = sorted((p for p in subdirs[0].iterdir() if p.is_dir()), key=lambda p: p.name)
+    if inner:
+      return inner
+  return subdirs
+
+
+class SsferSfew(common.FerBuilder):
+  """SFEW 2.0, canonical 7-class labels; Val is the test set."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  HOMEPAGE = "https://users.cecs.anu.edu.au/~few_group/AFEW.html"
+  DESCRIPTION = "SFEW 2.0, labels in the ssfer_jax canonical order."
+  TEST_SPLIT = "validation"
+
+  def class_names(self):
+    return classes.CANONICAL7
+
+  def _split_generators(self, dl_manager):
+    out = {}
+    for split, d in SPLIT_DIRS.items():
+      split_dir = dl_manager.manual_dir / d
+      if not split_dir.is_dir():
+        raise FileNotFoundError(f"SFEW folder {split_dir} does not exist.\n{INSTRUCTIONS}")
+      folders = class_folders(split_dir, classes.SFEW)
+      unknown = [f.name for f in folders if f.name not in classes.SFEW]
+      if unknown:
+        raise common.BadInputError(f"{split_dir}: folder(s) {unknown} are not SFEW classes "
+                                   f"{sorted(classes.SFEW)}; rename or remove them")
+      out[split] = self._examples(split, self._generate(split, folders))
+    return out
+
+  def _generate(self, split, folders):
+    rep = self.report(split)
+    for folder in folders:
+      label = classes.to_canonical(classes.SFEW, folder.name, source=str(folder))
+      for path in common.list_images(folder, split, rep):
+        image = self.read_image(split, path)
+        if image is None:
+          continue
+        name = f"{folder.name}/{path.name}"
+        yield name, {"image": image, "label": label, "file_name": name}
