@@ -187,6 +187,35 @@ def split_variant(arg: str | None):
   return flags, options
 
 
+def parse_config_arg(arg: str | None, *, source: str, allowed_options=(), extra_flags=()):
+  """Splits a ``--config=FILE:ARG`` argument of configs/*_dta_snl.py.
+
+  Returns (method, ablations, extras, options): ``method`` is the one bare word naming a
+  registered algorithm (default 'dta_snl'), ``ablations`` the bare words in
+  ``ABLATIONS`` (applied later by ``apply_ablations``), ``extras`` the bare words in
+  ``extra_flags`` (e.g. AffectNet's '7' / '8'), ``options`` the ``key=value`` pairs,
+  whose keys must be in ``allowed_options``. Anything else raises naming ``source``.
+  """
+  from ssfer_jax import algorithms  # the registry imports this module
+  flags, options = split_variant(arg)
+  methods = [f for f in flags if f in algorithms.names()]
+  ablations = [f for f in flags if f in ABLATIONS]
+  extras = [f for f in flags if f in extra_flags]
+  unknown = [f for f in flags if f not in methods + ablations + extras]
+  if unknown:
+    raise ValueError(f"{source}: unknown variant(s) {unknown}; known: ablations "
+                     f"{sorted(ABLATIONS)}, methods {algorithms.names()}"
+                     + (f", {list(extra_flags)}" if extra_flags else "")
+                     + f", options {list(allowed_options)} as key=value (comma-separated, "
+                     f"e.g. --config={source}:no_snl,no_attention)")
+  if len(methods) > 1:
+    raise ValueError(f"{source}: more than one method in the variant: {methods}")
+  bad = sorted(set(options) - set(allowed_options))
+  if bad:
+    raise ValueError(f"{source}: unknown option(s) {bad}; known: {list(allowed_options)}")
+  return (methods[0] if methods else "dta_snl"), ablations, extras, options
+
+
 def apply_ablations(config: ml_collections.ConfigDict, flags, *, source: str):
   """Applies the ablation flags (``ABLATIONS``); unknown flags raise naming ``source``."""
   for flag in flags:
