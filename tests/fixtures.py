@@ -30,8 +30,8 @@ def write_image(path, label: int, *, mode: str = "RGB", size: int = SIZE, fmt: s
   img = Image.new("L", (size, size), v)
   if mode != "L":
     img = img.convert(mode)
-  img.save(path, format=fmt, quality=100) if (fmt or str(path).lower().endswith((".jpg", ".jpeg"))) \
-      else img.save(path, format=fmt)
+  jpeg = (fmt or "").upper() == "JPEG" or (fmt is None and str(path).lower().endswith((".jpg", ".jpeg")))
+  img.save(path, format=fmt, **({"quality": 100} if jpeg else {}))
 
 
 def _inverse(mapping):
