@@ -100,7 +100,8 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, np.ndarray]
         break
       obj = obj[inner[0]]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{source}: expected a state_dict (a dict of tensors), got {type(obj).__name__}")
+    raise ValueError(f"{source}: expected a state_dict (a dict of tensors), "
+                     f"got {type(obj).__name__}")
   tensors = {}
   for k, v in obj.items():
     if _is_tensor(v):
@@ -242,8 +243,8 @@ def main(argv=None) -> int:
   ignored = meta["ignored_keys"]
   print(f"converted {meta['num_converted']} tensors of {args.arch} from {args.input} -> "
         f"{args.output}/{pretrained.WEIGHTS_FILE}"
-        + (f" (ignored {len(ignored)}: {', '.join(ignored[:6])}{' ...' if len(ignored) > 6 else ''})"
-           if ignored else ""))
+        + (f" (ignored {len(ignored)}: {', '.join(ignored[:6])}"
+           f"{' ...' if len(ignored) > 6 else ''})" if ignored else ""))
   print(f"train from it with: --config.init_from={args.output} --config.model.backbone={args.arch}")
   return 0
 

@@ -71,7 +71,9 @@ def read(path) -> tuple[dict, dict, dict]:
 def load_into(params: Mapping, batch_stats: Mapping, path, *, subtree: str = BACKBONE):
   """Replaces ``params[subtree]`` and ``batch_stats[subtree]`` with the converted backbone.
 
-  Every leaf must exist on both sides with the same shape, else a ValueError lists the
+  Every leaf must exist on both sides with the same shape (except an RGB stem loaded
+  into a 1-channel model: its kernel is summed over the input channels), else a
+  ValueError lists the
   missing / unexpected paths and shape mismatches. New leaves take the dtype of the
   leaves they replace and, for ``jax.Array`` leaves, their sharding. Inputs are not
   modified; returns (params, batch_stats) as plain dicts.
@@ -79,8 +81,8 @@ def load_into(params: Mapping, batch_stats: Mapping, path, *, subtree: str = BAC
   new_params, new_stats, meta = read(path)
   arch = meta.get("arch", "?")
   if subtree not in params:
-    raise ValueError(f"config.init_from={str(path)!r} holds a {arch} backbone, but the model has no "
-                     f"'{subtree}' parameters (top-level: {sorted(params)})")
+    raise ValueError(f"config.init_from={str(path)!r} holds a {arch} backbone, but the model "
+                     f"has no '{subtree}' parameters (top-level: {sorted(params)})")
   where = f"config.init_from={str(path)!r} ({arch})"
   out_params = _replace(params, subtree, new_params, where, "params")
   out_stats = _replace(batch_stats, subtree, new_stats, where, "batch_stats")
@@ -90,12 +92,26 @@ def load_into(params: Mapping, batch_stats: Mapping, path, *, subtree: str = BAC
 def _replace(tree: Mapping, subtree: str, new: Mapping, where: str, collection: str) -> dict:
   old_flat = traverse_util.flatten_dict(_plain(tree.get(subtree, {})), sep="/")
   new_flat = traverse_util.flatten_dict(_plain(new), sep="/")
+  new_flat = _grey_stem(old_flat, new_flat)
   check_same_layout(old_flat, new_flat, where=where, collection=collection,
                     hint="set config.model.backbone to the converted architecture")
   placed = {k: _like(np.asarray(new_flat[k]), old) for k, old in old_flat.items()}
   out = dict(_plain(tree))
   out[subtree] = traverse_util.unflatten_dict(placed, sep="/")
   return out
+
+
+def _grey_stem(old_flat: Mapping, new_flat: dict) -> dict:
+  """An RGB stem into a grey-input model (FER2013 / FERPlus are stored with 1 channel):
+  the stem kernel is summed over its input channels, which is exact for grey images
+  replicated to RGB when config.data.mean / std are equal across channels."""
+  key = "conv1/kernel"
+  if key in old_flat and key in new_flat:
+    old, new = tuple(np.shape(old_flat[key])), np.shape(new_flat[key])
+    if len(new) == 4 and old == new[:2] + (1,) + new[3:] and new[2] == 3:
+      new_flat = dict(new_flat)
+      new_flat[key] = np.asarray(new_flat[key]).sum(axis=2, keepdims=True)
+  return new_flat
 
 
 def check_same_layout(expected: Mapping[str, Any], got: Mapping[str, Any], *, where: str,

@@ -89,7 +89,8 @@ def _torch_features(net, x_nhwc):
 
 def _assert_close(got, want, tol=1e-4):
   err = float(np.max(np.abs(np.asarray(got) - want)))
-  assert err <= tol, f"max abs difference {err:.3g} > {tol} (reference scale {np.abs(want).max():.3g})"
+  print(f"max abs difference {err:.3g}, reference max {np.abs(want).max():.3g}")
+  assert err <= tol, f"max abs difference {err:.3g} > {tol} (scale {np.abs(want).max():.3g})"
 
 
 def test_backbone_matches_torch(torch_net, image):
@@ -133,6 +134,7 @@ def test_wrapped_checkpoint_to_fernet_logits(torch_net, image, tmp_path):
 
   feats = _torch_features(torch_net, image).mean(axis=(1, 2))
   feats = feats / np.linalg.norm(feats, axis=-1, keepdims=True)
+  feats = getattr(model, "norm_scale", 1.0) * feats  # the head's embedding scale
   want = feats @ np.asarray(params["fc"]["kernel"]) + np.asarray(params["fc"]["bias"])
   _assert_close(logits, want)
 
@@ -188,3 +190,16 @@ def test_load_into_wrong_model_and_bad_files(torch_net, tmp_path):
   assert convert.main([f"--input={garbage}", f"--output={tmp_path / 'x'}", "--arch=resnet18"]) == 1
   with pytest.raises(ValueError, match="garbage.pth.*--trust_pickle"):
     convert.convert_file(garbage, tmp_path / "x", "resnet18")
+
+
+def test_rgb_stem_into_grey_model(torch_net, tmp_path):
+  params, stats, _ = convert.convert_state_dict(
+      {k: v.numpy() for k, v in torch_net.state_dict().items()}, "resnet18")
+  pretrained.write(tmp_path / "r18", params, stats, {"arch": "resnet18"})
+  cfg = base_config().model
+  cfg.backbone = "resnet18"
+  shapes = jax.eval_shape(lambda: build_model(cfg, 7).init(
+      {"params": jax.random.key(0)}, jnp.zeros((1, 32, 32, 1)), train=False))
+  loaded, _ = pretrained.load_into(shapes["params"], shapes["batch_stats"], tmp_path / "r18")
+  stem = torch_net.conv1.weight.detach().numpy().sum(axis=1, keepdims=True).transpose(2, 3, 1, 0)
+  np.testing.assert_allclose(loaded["backbone"]["conv1"]["kernel"], stem, rtol=1e-6)
