@@ -6,11 +6,6 @@ checked against the same jitted update on one device.
 """
 
 import math
-import os
-
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8")
 
 import jax
 import jax.numpy as jnp
@@ -295,6 +290,12 @@ def test_softmatch_distribution_alignment_first_batch_and_raw_pseudo_labels():
   out2 = run(softmatch, out.state, make_inputs(np.log([[0.5, 0.5], [0.5, 0.5]])), cfg)
   np.testing.assert_allclose(out2.state["p_model"],
                              [0.5 * p_model[0] + 0.25, 0.5 * p_model[1] + 0.25], rtol=1e-6)
+
+
+def test_softmatch_needs_two_unlabeled_samples():
+  cfg = softmatch.default_config()
+  with pytest.raises(ValueError, match="unbiased variance"):
+    softmatch.unlabeled_loss(softmatch.init_state(cfg, 2, 0), make_inputs(np.log([[0.6, 0.4]])), cfg)
 
 
 # ----------------------------------------------------------------------------- Ada-CM

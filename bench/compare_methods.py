@@ -1,0 +1,265 @@
+"""Compare semi-supervised methods on one dataset and label budget through the real trainer.
+
+Every method is run with ``ssfer_jax.train.run(config, workdir)`` from the same base
+config, the same number of steps and the same seeds (seed k gives every method the same
+initial weights and the same labeled split), and the summaries are gathered into a
+markdown table: final and best teacher top-1, final teacher mean per-class accuracy,
+final mask rate and pseudo-label precision (means over the last logging window), and
+wall time, each as mean ± sample std over seeds.
+
+    python bench/compare_methods.py --config=configs/default.py --steps=1500 --seeds=3 \\
+        --out=runs/compare/table.md
+    python bench/compare_methods.py --config=configs/default.py:labels=25 \\
+        --methods=fixmatch,flexmatch --set data.batch_size=16 --set algo.lambda_u=2.0
+
+The config file's variant (after ':') is passed to its ``get_config`` with the method name
+prepended (``configs/default.py:labels=25`` -> ``get_config('flexmatch,labels=25')``); a
+config whose ``get_config`` does not select the method gets ``set_algorithm`` afterwards.
+``--set key=value`` overrides are applied last; ``algo.*`` keys only reach the methods
+that have them. Each run writes its own workdir ``<workdir>/<method>/seed_<k>``; running
+the same command again resumes (or just re-reads) finished runs. The raw summaries are
+written next to the table as ``<out>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+DEFAULT_METHODS = ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "adacm", "dtm",
+                   "dta_snl", "full_supervised")
+
+COLUMNS = (  # (header, getter over a summary dict, scale)
+    ("final top-1 (teacher)", lambda s: s["teacher"]["final_top1"], 100.0),
+    ("best top-1 (teacher)", lambda s: s["teacher"]["best_top1"], 100.0),
+    ("mean per-class acc", lambda s: s["teacher"]["final_mean_class_acc"], 100.0),
+    ("mask rate", lambda s: s["train"]["mask_rate"], 100.0),
+    ("PL precision", lambda s: s["train"]["pl_precision"], 100.0),
+    ("wall time (s)", lambda s: s["wall_time_s"], 1.0),
+)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/default.py",
+                 help="config file, optionally with ':variant' (default configs/default.py)")
+  p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                 help="comma-separated method names (default: %(default)s)")
+  p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+  p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ...")
+  p.add_argument("--steps", type=int, default=None,
+                 help="optimizer steps per run (default: the config's train.num_steps)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override, e.g. data.labels_per_class=25 (repeatable)")
+  p.add_argument("--vary-split", action="store_true",
+                 help="also set data.split_seed to the seed (default: one labeled split for all)")
+  p.add_argument("--workdir", default=None,
+                 help="root of the per-run workdirs (default runs/compare_<time>)")
+  p.add_argument("--out", default=None, help="markdown table path (default <workdir>/table.md)")
+  return p.parse_args(argv)
+
+
+def load_config_module(path: str):
+  """Imports a ``configs/*.py`` file (anything defining ``get_config(arg)``)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={path}: no such file")
+  spec = importlib.util.spec_from_file_location("_bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config={path} defines no get_config(arg)")
+  return module
+
+
+def parse_value(text: str):
+  """'3' -> 3, '0.5' -> 0.5, 'true'/'False' -> bool, '(1, 2)' -> tuple, else the string."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_overrides(items):
+  out = []
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.labels_per_class=25")
+    out.append((key.strip(), parse_value(value.strip())))
+  return out
+
+
+def _has_key(cfg, key):
+  node = cfg
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
+def apply_override(cfg, key, value):
+  parts = key.split(".")
+  node = cfg
+  for part in parts[:-1]:
+    node = node[part]
+  old = node[parts[-1]]
+  if isinstance(old, bool) and not isinstance(value, bool):
+    raise ValueError(f"--set {key}={value!r}: expected true or false")
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  node[parts[-1]] = value
+
+
+def build_config(module, variant, method, overrides, steps, seed, vary_split):
+  from ssfer_jax.config import set_algorithm
+  arg = ",".join(p for p in (method, variant) if p)
+  cfg = module.get_config(arg)
+  if cfg.algorithm != method:
+    set_algorithm(cfg, method)
+  for key, value in overrides:
+    if key.startswith("algo.") and not _has_key(cfg, key):
+      continue  # a method-specific hyper-parameter this method does not have
+    if not _has_key(cfg, key):
+      raise ValueError(f"--set {key}=...: config.{key} does not exist (see ssfer_jax/config.py)")
+    apply_override(cfg, key, value)
+  if steps is not None:
+    cfg.train.num_steps = steps
+    cfg.train.eval_every = min(cfg.train.eval_every, steps)
+    cfg.train.checkpoint_every = steps   # one checkpoint at the end: keeps wall times comparable
+  cfg.seed = seed
+  if vary_split:
+    cfg.data.split_seed = seed
+  return cfg
+
+
+def mean_std(values):
+  """(mean, sample std) of the finite values; std is nan for fewer than 2."""
+  vals = [v for v in values if v is not None and math.isfinite(v)]
+  if not vals:
+    return None, None
+  m = sum(vals) / len(vals)
+  if len(vals) < 2:
+    return m, None
+  return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _get(getter, summary):
+  try:
+    return float(getter(summary))
+  except (KeyError, TypeError):
+    return None
+
+
+def format_cell(values, scale):
+  m, s = mean_std(values)
+  if m is None:
+    return "—"
+  digits = 2 if scale == 100.0 else 1
+  text = f"{m * scale:.{digits}f}"
+  return text + (f" ± {s * scale:.{digits}f}" if s is not None else "")
+
+
+def markdown_table(results, methods, context):
+  """results: {method: [summary or {'error': str}]} -> markdown text."""
+  lines = [f"# Method comparison: {context}", "",
+           "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " | runs |",
+           "|---|" + "---|" * (len(COLUMNS) + 1)]
+  for method in methods:
+    runs = results.get(method, [])
+    ok = [r for r in runs if "error" not in r]
+    cells = [format_cell([_get(g, r) for r in ok], scale) for _, g, scale in COLUMNS]
+    failed = len(runs) - len(ok)
+    lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)}"
+                 + (f" ({failed} failed)" if failed else "") + " |")
+  lines += ["", "Accuracies and rates in %, mean ± sample std over seeds. Mask rate and PL "
+            "precision (kept pseudo-labels that are correct) are means over the last logging "
+            "window; SoftMatch's mask is its soft weight; — where a method has none. Wall time "
+            "includes compilation and evaluation."]
+  errors = [(m, r["seed"], r["error"]) for m in methods for r in results.get(m, [])
+            if "error" in r]
+  if errors:
+    lines += ["", "Failed runs:"] + [f"- {m} seed {s}: {e}" for m, s, e in errors]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  path, _, variant = args.config.partition(":")
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  from ssfer_jax import algorithms, train
+  unknown = [m for m in methods if m not in algorithms.names()]
+  if unknown:
+    raise SystemExit(f"--methods: unknown {unknown}; known: {algorithms.names()}")
+  module = load_config_module(path)
+  overrides = parse_overrides(args.set)
+  algo_keys = [k for k, _ in overrides if k.startswith("algo.")]
+  for key in algo_keys:
+    if not any(_has_key(build_config(module, variant, m, [], None, 0, False), key)
+               for m in methods):
+      raise SystemExit(f"--set {key}=...: no method in {methods} has config.{key}")
+  seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+  root = args.workdir or os.path.join("runs", time.strftime("compare_%Y%m%d_%H%M%S"))
+  out = args.out or os.path.join(root, "table.md")
+  os.makedirs(root, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+  results = {m: [] for m in methods}
+  total = len(methods) * len(seeds)
+  k = 0
+  context = None
+  for seed in seeds:            # seed-major: a partial table covers every method early
+    for method in methods:
+      k += 1
+      cfg = build_config(module, variant, method, overrides, args.steps, seed, args.vary_split)
+      if context is None:
+        context = (f"dataset {cfg.dataset.name}, {cfg.data.label_protocol} labels "
+                   f"({cfg.data.num_labels or cfg.data.labels_per_class} "
+                   f"{'total' if cfg.data.label_protocol == 'adacm' else 'per class'}), "
+                   f"{cfg.train.num_steps} steps, seeds {seeds}, config {args.config}")
+      workdir = os.path.join(root, method, f"seed_{seed}")
+      print(f"[{k}/{total}] {method} seed {seed}: {cfg.train.num_steps} steps -> {workdir}",
+            file=sys.stderr, flush=True)
+      t0 = time.time()
+      try:
+        summary = train.run(cfg, workdir)
+        if "teacher" not in summary:
+          raise RuntimeError(f"run did not finish: {summary}")
+        summary.setdefault("wall_time_s", time.time() - t0)
+        summary["seed"] = seed
+      except Exception as e:  # keep going: one broken method must not lose the others
+        traceback.print_exc()
+        summary = {"seed": seed, "error": f"{type(e).__name__}: {e}"}
+      results[method].append(summary)
+      done = "failed" if "error" in summary else (
+          f"final {summary['teacher']['final_top1']:.4f}, best {summary['teacher']['best_top1']:.4f}")
+      print(f"[{k}/{total}] {method} seed {seed}: {done} ({time.time() - t0:.1f} s)",
+            file=sys.stderr, flush=True)
+      table = markdown_table(results, methods, context)
+      with open(out, "w") as f:
+        f.write(table)
+      with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump({"context": context, "results": results}, f, indent=2, default=str)
+  print(table)
+  print(f"table: {out}", file=sys.stderr)
+  return 1 if any("error" in r for rs in results.values() for r in rs) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
