@@ -72,7 +72,10 @@ def parse_args(argv=None):
 
 
 def load_config_module(path: str):
-  """Imports a ``configs/*.py`` file (anything defining ``get_config(arg)``)."""
+  """Imports a ``configs/*.py`` file (anything defining ``get_config(arg)``); a relative
+  path is tried against the working directory, then the repository root."""
+  if not os.path.isfile(path) and os.path.isfile(os.path.join(ROOT, path)):
+    path = os.path.join(ROOT, path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--config={path}: no such file")
   spec = importlib.util.spec_from_file_location("_bench_config", path)
