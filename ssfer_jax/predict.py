@@ -224,6 +224,13 @@ def read_image(path) -> np.ndarray:
     raise ValueError(f"not a readable image ({e.__class__.__name__})") from e
 
 
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+  """RGB uint8 -> the run's channel count (grey by ITU-R 601 luma, as PIL's 'L')."""
+  if channels == 3:
+    return rgb
+  return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
+
+
 class FaceDetector:
   """OpenCV's frontal-face Haar cascade; returns the largest face's (x, y, w, h).
 
@@ -311,7 +318,8 @@ def predict_paths(run: RunInfo, paths: Sequence[str], *, detect_faces: bool = Fa
                            "without --detect_faces)")
         rec["face_box"] = list(box)
         img = crop_face(img, box, margin)
-      inputs.append((rec, fit_image(img, run.image_size, run.channels)))
+      inputs.append((rec, fit_image(to_channels(img, run.channels), run.image_size,
+                                    run.channels)))
     except ValueError as e:
       rec["error"] = str(e)
   if inputs:

@@ -199,3 +199,37 @@ def test_export_loads_without_training_code(run_dir, tmp_path):
   assert np.asarray(fn(x)).shape == (3, len(classes.CANONICAL7))
   assert meta["source"] == {"checkpoint": str(run_dir / "checkpoints"), "step": 1,
                             "weights": "teacher"}
+
+
+def test_grey_run(tmp_path):
+  """A 1-channel run (FER2013 / FERPlus are grey): the channel count is read off the
+  checkpoint and RGB inputs are converted to grey (luma), not cut to their red channel."""
+  from ssfer_jax import algorithms, optim, state as state_lib
+  from ssfer_jax.models import build_model
+  c = base_config()
+  set_algorithm(c, "supervised")
+  c.data.mean, c.data.std = (0.5,), (0.25,)  # one value per channel
+  model = build_model(c.model, 7)
+  _, tx = optim.make_optimizer(c.optim, 10)
+  size = c.data.image_size
+  abstract = jax.eval_shape(lambda: state_lib.create(
+      model, tx, algorithms.get_algorithm("supervised"), c.algo, rng=jax.random.PRNGKey(0),
+      image_shape=(size, size, 1), num_classes=7, num_unlabeled=0))
+  rng = np.random.default_rng(1)
+  state = jax.tree.map(lambda a: jnp.asarray(
+      np.abs(rng.normal(size=a.shape)) if np.issubdtype(a.dtype, np.floating) else
+      np.zeros(a.shape), a.dtype), abstract)
+  (tmp_path / "config.json").write_text(c.to_json_best_effort())
+  ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
+  ckpt.save(3, state, {})
+  ckpt.close()
+  run = predict.restore(tmp_path)
+  assert run.channels == 1 and run.step == 3
+  colour = np.zeros((size, size, 3), np.uint8)
+  colour[..., 1] = 200  # pure green: red channel 0, luma ~117
+  Image.fromarray(colour).save(tmp_path / "green.png")
+  Image.fromarray(np.full((size, size), 117, np.uint8)).save(tmp_path / "grey.png")
+  Image.fromarray(np.zeros((size, size), np.uint8)).save(tmp_path / "black.png")
+  green, grey, black = predict.predict_paths(
+      run, [str(tmp_path / n) for n in ("green.png", "grey.png", "black.png")])
+  assert green["probabilities"] == grey["probabilities"] != black["probabilities"]
