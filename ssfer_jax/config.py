@@ -25,14 +25,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.seed = 0                  # synthetic: generator seed
   c.dataset.num_train = 6000          # synthetic: training images
   c.dataset.num_test = 1500           # synthetic: test images
-  c.dataset.render_size = 48          # synthetic: rendered side in pixels
+  c.dataset.render_size = 40          # synthetic: rendered side in pixels
   c.dataset.builder_kwargs = ml_collections.ConfigDict()  # extra options for real-dataset builders
 
   c.data = ml_collections.ConfigDict()
-  c.data.image_size = 48
+  c.data.image_size = 40
   c.data.mean = (0.5, 0.5, 0.5)
   c.data.std = (0.25, 0.25, 0.25)
-  c.data.batch_size = 32              # labeled images per global step
+  c.data.batch_size = 16              # labeled images per global step
   c.data.uratio = 3                   # unlabeled images per labeled image
   c.data.labels_per_class = 10
   c.data.num_labels = 0               # with label_protocol='adacm'
@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"      # small_cnn | resnet18 | resnet50
   c.model.head_dropout = 0.5
+  c.model.norm_scale = 16.0           # scale of the L2-normalised embedding (1.0 = plain head)
   c.model.attention = False
   c.model.attention_mode = "pixel"    # pixel | grid
   c.model.attention_grid = 3
@@ -78,10 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema.warmup = True                 # decay = min(decay, (1+t)/(10+t))
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1500
+  c.train.num_steps = 1000
   c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 500
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
   c.train.keep_checkpoints = 2
   c.train.async_checkpoint = True
   c.train.progress = True             # live progress line on stderr
@@ -91,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1
+  c.mesh.num_devices = 0              # 0: every device; n: the first n (tests, debugging)
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.mode = "auto"         # auto | explicit | off

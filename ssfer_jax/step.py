@@ -22,9 +22,24 @@ from ssfer_jax.algorithms.base import StepInputs, cross_entropy
 from ssfer_jax.state import TrainState
 
 
+def channel_stats(values, channels: int):
+  """``config.data.mean``/``std`` for images with ``channels`` channels: per-channel values
+  as given, or for 1-channel (grey) images with RGB statistics, their average."""
+  values = tuple(float(v) for v in values)
+  if len(values) in (1, channels):
+    return values
+  if channels == 1:
+    return (sum(values) / len(values),)
+  raise ValueError(f"config.data.mean/std have {len(values)} values but the images have "
+                   f"{channels} channels; give 1 or {channels} values")
+
+
 def normalize(x, mean, std):
+  """uint8 images -> float32, (x/255 - mean) / std with per-channel statistics."""
   x = x.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  mean = jnp.asarray(channel_stats(mean, x.shape[-1]), jnp.float32)
+  std = jnp.asarray(channel_stats(std, x.shape[-1]), jnp.float32)
+  return (x - mean) / std
 
 
 def ema_decay(step, decay, warmup: bool):

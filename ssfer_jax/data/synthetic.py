@@ -59,8 +59,8 @@ def _soft(d, width):
   return 1.0 / (1.0 + np.exp(np.clip(d / width, -30, 30)))
 
 
-def render(labels, rng, size: int = 48, k_min: float = 0.3, occlusion_p: float = 0.35,
-           noise_max: float = 0.10) -> np.ndarray:
+def render(labels, rng, size: int = 40, k_min: float = 0.4, occlusion_p: float = 0.25,
+           noise_max: float = 0.08) -> np.ndarray:
   """Draws one face per label. Returns uint8 (N, size, size, 3)."""
   n = len(labels)
   f32 = np.float32
@@ -73,16 +73,16 @@ def render(labels, rng, size: int = 48, k_min: float = 0.3, occlusion_p: float =
   mopen = np.clip(mopen, 0, None)
   eye_open = np.clip(eye_open, 0.25, None)
   # Identity.
-  fa, fb = u(0.52, 0.72), u(0.68, 0.88)
+  fa, fb = u(0.62, 0.78), u(0.76, 0.92)
   eye_dx, eye_y = u(0.24, 0.36), u(-0.30, -0.16)
-  mouth_y, mouth_hw = u(0.36, 0.50), u(0.20, 0.30) * np.clip(mwidth, 0.5, 1.6)
+  mouth_y, mouth_hw = u(0.36, 0.48), u(0.24, 0.32) * np.clip(mwidth, 0.5, 1.6)
   skin = rng.uniform(0.35, 0.95, (n, 3)).astype(f32) * u(0.8, 1.0)[:, None]
   background = rng.uniform(0.0, 1.0, (n, 3)).astype(f32)
   feature_col = rng.uniform(0.0, 0.25, (n, 3)).astype(f32)
   # Pose: pixel -> face coordinates (inverse similarity transform).
-  theta = np.deg2rad(u(-25, 25))
-  scale = u(0.8, 1.15)
-  tx, ty = u(-0.12, 0.12), u(-0.12, 0.12)
+  theta = np.deg2rad(u(-20, 20))
+  scale = u(0.85, 1.1)
+  tx, ty = u(-0.08, 0.08), u(-0.08, 0.08)
   grid = (np.arange(size, dtype=f32) + 0.5) / size * 2 - 1
   py, px = np.meshgrid(grid, grid, indexing="ij")
   px = px[None] - tx[:, None, None]
@@ -99,22 +99,22 @@ def render(labels, rng, size: int = 48, k_min: float = 0.3, occlusion_p: float =
   for side in (-1.0, 1.0):
     ex = x - side * e(eye_dx)
     ey = y - e(eye_y)
-    ry = e(0.055 * eye_open)
-    eyes = np.maximum(eyes, _soft(np.sqrt((ex / 0.10) ** 2 + (ey / ry) ** 2) - 1.0, aa * 3))
+    ry = e(0.075 * eye_open)
+    eyes = np.maximum(eyes, _soft(np.sqrt((ex / 0.12) ** 2 + (ey / ry) ** 2) - 1.0, aa))
   # Brows: thick segments whose inner end moves with the slant (positive = inner down).
   brows = np.zeros_like(x)
   for side in (-1.0, 1.0):
     bx = (x * side - e(eye_dx))  # >0 outer, <0 inner
-    base = e(eye_y) - 0.14 - e(brow_raise)
-    line_y = base - e(brow_slant) * 0.08 * (bx / 0.13)
-    inside_x = np.abs(bx) - 0.13
-    dist = np.maximum(np.abs(y - line_y) - 0.022, inside_x)
+    base = e(eye_y) - 0.17 - 2.0 * e(brow_raise)
+    line_y = base - e(brow_slant) * 0.13 * (bx / 0.15)
+    inside_x = np.abs(bx) - 0.15
+    dist = np.maximum(np.abs(y - line_y) - 0.03, inside_x)
     brows = np.maximum(brows, _soft(dist, aa))
   # Mouth: a curved band whose centre drops with a smile, thickening when open.
   t = np.clip(x / e(mouth_hw), -1.0, 1.0)
   bend = 1.0 - t ** 2
-  centre_y = e(mouth_y) + e(curve) * 0.13 * bend + e(asym) * 0.07 * t
-  half_thick = 0.018 + e(mopen) * 0.11 * np.sqrt(np.clip(bend, 0, 1))
+  centre_y = e(mouth_y) + e(curve) * 0.22 * bend + e(asym) * 0.10 * t
+  half_thick = 0.03 + e(mopen) * 0.16 * np.sqrt(np.clip(bend, 0, 1))
   mdist = np.maximum(np.abs(y - centre_y) - half_thick, np.abs(x) - e(mouth_hw))
   mouth = _soft(mdist, aa)
   # Disgust-like nose wrinkle scales with asymmetry; nose itself is identity.
@@ -140,7 +140,7 @@ def render(labels, rng, size: int = 48, k_min: float = 0.3, occlusion_p: float =
   return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_split(split: str, num_examples: int, *, seed: int, size: int = 48,
+def make_split(split: str, num_examples: int, *, seed: int, size: int = 40,
                chunk: int = 512, **render_kw) -> dict:
   """{'image': (N,size,size,3) uint8, 'label': (N,) int32} with RAF-DB-like imbalance."""
   rng = np.random.default_rng([seed, SPLIT_OFFSETS[split], size])

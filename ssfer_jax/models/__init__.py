@@ -24,6 +24,7 @@ def build_model(model_cfg, num_classes: int) -> FERNet:
       backbone=BACKBONES[model_cfg.backbone](dtype),
       num_classes=num_classes,
       head_dropout=model_cfg.head_dropout,
+      norm_scale=model_cfg.norm_scale,
       attention=model_cfg.attention,
       attention_mode=model_cfg.attention_mode,
       attention_grid=model_cfg.attention_grid,

@@ -9,14 +9,16 @@ import jax.numpy as jnp
 
 
 class SmallCNN(nn.Module):
-  """Three stages of (conv-BN-ReLU) x2 + 2x2 max-pool. Returns the last feature map."""
-  widths: Sequence[int] = (32, 64, 128)
+  """A (conv-BN-ReLU) stem + 2x2 max-pool, then stages of (conv-BN-ReLU) x2 with a 2x2
+  max-pool between them. Returns the last feature map (stride 2**(len(widths)-1): a 40 px
+  input gives 10x10 with the default three widths)."""
+  widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     for i, width in enumerate(self.widths):
-      for j in range(2):
+      for j in range(1 if i == 0 else 2):
         x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}_{j}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                          name=f"bn{i}_{j}")(x)

@@ -1,0 +1,376 @@
+"""The training loop: build everything from the config, train, evaluate, checkpoint, resume.
+
+    run(config, workdir) -> summary dict   (also written to WORKDIR/summary.json)
+
+A newcomer's trace of one batch: ``data/pipeline.py`` (grain: source -> views ->
+batches) -> ``parallel.global_batch`` (host shards -> global arrays on the mesh) ->
+``step.train_step`` (forward passes, ``algorithms/<method>.py`` for the unlabeled
+loss) -> back here for logging, evaluation and checkpoints.
+
+Workdir contents: config.json, labeled_ids.json, checkpoints/, tb/ (TensorBoard),
+metrics.jsonl (one JSON object a line: kind 'train' or 'eval'; after a resume the
+steps past the restored checkpoint appear twice, the later row is the valid one),
+eval/step_N.json + eval/confusion_teacher_step_N.png, thresholds.png (methods
+with per-class thresholds), run_info.json (class names, channels, sizes: written at
+start), summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssfer_jax import algorithms, checkpoint, metrics as metrics_lib, optim, parallel, plots
+from ssfer_jax import state as state_lib
+from ssfer_jax import step as step_lib
+from ssfer_jax.config import validate
+from ssfer_jax.data import pipeline
+from ssfer_jax.data.sources import load_dataset
+from ssfer_jax.models import build_model
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class _Interrupted(Exception):
+  """Raised by the test hook ``interrupt_at`` to simulate a killed process."""
+
+
+def ensure_writable(workdir) -> epath.Path:
+  workdir = epath.Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write_probe"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} is not writable ({e.__class__.__name__}: {e}); "
+                          "pass a directory you can create and write to") from e
+  return workdir
+
+
+def _save_config(config, workdir: epath.Path) -> None:
+  path = workdir / "config.json"
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if path.exists() and path.read_text() != text:
+    old, new = json.loads(path.read_text()), json.loads(text)
+    changed = sorted(_diff_keys(old, new))
+    logging.warning("resuming %s with a config that differs from config.json in: %s",
+                    workdir, ", ".join(changed))
+    (workdir / "config.previous.json").write_text(path.read_text())
+  path.write_text(text)
+
+
+def _diff_keys(a, b, prefix=""):
+  for k in set(a) | set(b):
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      yield from _diff_keys(va, vb, prefix + k + ".")
+    elif va != vb:
+      yield prefix + k
+
+
+class _SigtermFlag:
+  """Sets a flag on SIGTERM (preemption) so the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self.raised = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the next step and exiting")
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+@jax.jit
+def _accumulate(acc, metrics, step):
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  bad = jnp.where(metrics["nonfinite"] > 0, step, jnp.iinfo(jnp.int32).max)
+  if acc is None:
+    return {"sum": jax.tree.map(f32, metrics), "n": jnp.float32(1.0), "bad_step": bad,
+            "last": metrics}
+  return {"sum": jax.tree.map(lambda a, m: a + f32(m), acc["sum"], metrics),
+          "n": acc["n"] + 1.0, "bad_step": jnp.minimum(acc["bad_step"], bad), "last": metrics}
+
+
+class Trainer:
+  """Everything built from the config once; ``run`` drives it."""
+
+  def __init__(self, config, workdir, devices=None):
+    validate(config)
+    self.config = config
+    self.workdir = ensure_writable(workdir)
+    self.is_main = jax.process_index() == 0
+    self.algorithm = algorithms.get_algorithm(config.algorithm)
+    self.dataset = load_dataset(config)
+    self.train_data = pipeline.split_train(self.dataset, config, self.algorithm,
+                                           self.workdir if self.is_main else None)
+    if devices is None and config.mesh.num_devices:
+      devices = jax.devices()[:config.mesh.num_devices]
+    self.mesh = parallel.make_mesh(config.mesh, devices)
+    parallel.check_batch_divisible(config.data.batch_size, self.mesh, "config.data.batch_size")
+    if self.algorithm.uses_unlabeled:
+      parallel.check_batch_divisible(config.data.batch_size * config.data.uratio, self.mesh,
+                                     "config.data.batch_size * config.data.uratio")
+    parallel.check_batch_divisible(config.eval.batch_size, self.mesh, "config.eval.batch_size")
+    self.model = build_model(config.model, self.dataset.num_classes)
+    self.schedule, self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.image_shape = (config.data.image_size, config.data.image_size, self.dataset.channels)
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    self.replicated = NamedSharding(self.mesh, P())
+    self._build_state_fns()
+
+  # -- state ---------------------------------------------------------------------------
+  def _init_fn(self, rng):
+    return state_lib.create(
+        self.model, self.tx, self.algorithm, self.config.algo, rng=rng,
+        image_shape=self.image_shape, num_classes=self.dataset.num_classes,
+        num_unlabeled=len(self.train_data.unlabeled) if self.train_data.unlabeled else 0)
+
+  def _build_state_fns(self):
+    rng = jax.random.PRNGKey(self.config.seed)
+    abstract = jax.eval_shape(self._init_fn, rng)
+    self.state_shardings = parallel.state_shardings(self.mesh, abstract)
+    self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
+    self.init_state = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    step_fn = step_lib.make_train_step(self.model, self.tx, self.algorithm, self.config,
+                                       steps_per_epoch=self.train_data.steps_per_epoch,
+                                       schedule=self.schedule)
+    self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, self.replicated),
+                              donate_argnums=(0,))
+    eval_fn = step_lib.make_eval_step(self.model, self.config, self.dataset.num_classes)
+    self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_shardings,) + (self.batch_sharding,) * 3,
+                             out_shardings=self.replicated)
+
+  def fresh_state(self):
+    state = self.init_state(jax.random.PRNGKey(self.config.seed))
+    if self.config.init_from:
+      from ssfer_jax import pretrained  # only needed when importing weights
+      params, batch_stats = pretrained.load_into(jax.device_get(state.params),
+                                                 jax.device_get(state.batch_stats),
+                                                 self.config.init_from)
+      state = state.replace(params=params, batch_stats=batch_stats, ema_params=params,
+                            ema_batch_stats=batch_stats)
+      state = jax.device_put(state, self.state_shardings)
+      state = state.replace(opt_state=jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(state.params))
+    return state
+
+  # -- evaluation ------------------------------------------------------------------------
+  def test_arrays(self):
+    if not hasattr(self, "_test"):
+      self._test = pipeline.eval_arrays(self.dataset.test, self.config.data.image_size,
+                                        self.dataset.channels)
+    return self._test
+
+  def evaluate(self, state) -> dict:
+    images, labels = self.test_arrays()
+    totals = None
+    for x, y, valid in pipeline.eval_batches(images, labels, self.config.eval.batch_size):
+      b = parallel.global_batch({"x": x, "y": y, "valid": valid}, self.batch_sharding)
+      out = self.eval_step(state, b["x"], b["y"], b["valid"])
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    return {net: metrics_lib.classification_metrics(cm) for net, cm in jax.device_get(totals).items()}
+
+
+def _check_finite(acc_host, step, ckpt, workdir):
+  if acc_host is not None and acc_host["bad_step"] < np.iinfo(np.int32).max:
+    last = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
+            if last is not None else "no checkpoint had been written yet")
+    raise NonFiniteLossError(
+        f"non-finite loss at step {int(acc_host['bad_step'])}; training stopped and {kept}. "
+        "Lower config.optim.lr, enable config.optim.grad_clip, or check the input data; "
+        "re-running the same command resumes from that checkpoint.")
+
+
+def _progress_line(step, total, rate, eta, means, last_eval):
+  parts = [f"step {step}/{total}", f"{rate:.2f} steps/s", f"ETA {metrics_lib.format_duration(eta)}",
+           f"loss {means.get('loss', float('nan')):.4f}"]
+  for key, label in (("loss_x", "L_x"), ("loss_u", "L_u"), ("mask_rate", "mask"),
+                     ("pl_precision", "pl_prec")):
+    if key in means:
+      parts.append(f"{label} {means[key]:.3f}")
+  if last_eval is not None:
+    parts.append(f"eval acc {last_eval:.4f}")
+  return " | ".join(parts)
+
+
+def _means(acc_host) -> dict:
+  n = float(acc_host["n"])
+  return {k: np.asarray(v) / n for k, v in acc_host["sum"].items()}
+
+
+def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> dict:
+  """Trains (or resumes) and returns the summary. ``interrupt_at`` is a test hook that
+  stops the process-equivalent abruptly (no final checkpoint) after that step."""
+  t_start = time.time()
+  trainer = Trainer(config, workdir, devices)
+  workdir = trainer.workdir
+  if trainer.is_main:
+    _save_config(config, workdir)
+    (workdir / "eval").mkdir(exist_ok=True)
+    (workdir / "run_info.json").write_text(json.dumps({
+        "dataset": config.dataset.name, "class_names": list(trainer.dataset.class_names),
+        "num_classes": trainer.dataset.num_classes, "channels": trainer.dataset.channels,
+        "image_size": config.data.image_size, "algorithm": config.algorithm,
+        "num_labeled": len(trainer.train_data.labeled),
+        "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
+        "steps_per_epoch": trainer.train_data.steps_per_epoch}, indent=2))
+  tcfg = config.train
+  ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
+                                 async_save=tcfg.async_checkpoint)
+  batches = pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
+                                  trainer.dataset.channels)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, data_state = ckpt.restore(latest, trainer.abstract_state)
+    batches.set_state(data_state)
+    logging.info("resumed from step %d in %s", latest, ckpt.directory)
+    print(f"resuming from the checkpoint at step {latest} in {ckpt.directory}", file=sys.stderr)
+  else:
+    state = trainer.fresh_state()
+  writer = metrics_lib.MetricWriter(workdir, trainer.dataset.class_names)
+  start_step = int(jax.device_get(state.step))
+  total = tcfg.num_steps
+  last_eval = None
+  acc = None
+  last_means = {}
+  t_log, step_log = time.time(), start_step
+  compile_s = None
+  try:
+    with _SigtermFlag() as sigterm:
+      step = start_step
+      while step < total:
+        host_batch = next(batches)
+        batch = parallel.global_batch(host_batch, trainer.batch_sharding)
+        t0 = time.time()
+        state, step_metrics = trainer.train_step(state, batch)
+        acc = _accumulate(acc, step_metrics, jnp.int32(step))
+        step += 1
+        if compile_s is None:
+          jax.block_until_ready(state.step)
+          compile_s = time.time() - t0
+          t_log, step_log = time.time(), step
+        if interrupt_at is not None and step == interrupt_at:
+          raise _Interrupted(f"interrupted after step {step}")
+        preempted = sigterm.raised or (jax.process_count() > 1 and
+                                       ckpt.manager.reached_preemption(step))
+        do_log = step % tcfg.log_every == 0 or step == total
+        do_ckpt = step % tcfg.checkpoint_every == 0 or step == total or preempted
+        do_eval = step % tcfg.eval_every == 0 or step == total
+        if do_log or do_ckpt or do_eval:
+          acc_host = jax.device_get(acc)
+          _check_finite(acc_host, step, ckpt, workdir)
+          if do_log:
+            now = time.time()
+            rate = (step - step_log) / max(now - t_log, 1e-9)
+            t_log, step_log = now, step
+            last_means = _means(acc_host)
+            writer.write(step, last_means, "train")
+            if tcfg.progress and trainer.is_main:
+              print(_progress_line(step, total, rate, (total - step) / max(rate, 1e-9),
+                                   last_means, last_eval), file=sys.stderr, flush=True)
+            acc = None
+        if do_eval:
+          last_eval = _write_eval(trainer, state, step, writer, workdir)
+        if do_ckpt:
+          ckpt.save(step, state, batches.get_state())
+        if preempted:
+          ckpt.wait()
+          print(f"preempted: checkpoint saved at step {step}; run the same command to resume",
+                file=sys.stderr)
+          return {"preempted_at": step}
+    if start_step >= total:  # already finished: re-evaluate the final state for the summary
+      last_eval = _write_eval(trainer, state, total, writer, workdir)
+  finally:
+    ckpt.close()
+    writer.close()
+  summary = _summarise(trainer, workdir, last_means, time.time() - t_start, compile_s)
+  if trainer.is_main:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot_thresholds(workdir, trainer.dataset.class_names)
+    t = summary["teacher"]
+    print(f"final test accuracy (teacher): {t['final_top1']:.4f}  "
+          f"mean per-class: {t['final_mean_class_acc']:.4f}  "
+          f"best: {t['best_top1']:.4f} at step {t['best_step']}  | student final: "
+          f"{summary['student']['final_top1']:.4f}  [{workdir}/summary.json]", flush=True)
+  return summary
+
+
+def _write_eval(trainer, state, step, writer, workdir) -> float:
+  results = trainer.evaluate(state)
+  for net, m in results.items():
+    writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
+                        "macro_f1": m["macro_f1"]}, f"eval_{net}")
+  if trainer.is_main:
+    (workdir / "eval" / f"step_{step}.json").write_text(json.dumps(
+        {"step": step, "class_names": list(trainer.dataset.class_names), **results}))
+    plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names,
+                        workdir / "eval" / f"confusion_teacher_step_{step}.png",
+                        f"teacher, step {step}: top-1 {results['teacher']['top1']:.3f}, "
+                        f"mean per-class {results['teacher']['mean_class_acc']:.3f}")
+  writer.flush()
+  return results["teacher"]["top1"]
+
+
+def eval_history(workdir) -> dict:
+  """{step: eval result} from WORKDIR/eval/step_N.json."""
+  out = {}
+  for p in (epath.Path(workdir) / "eval").glob("step_*.json"):
+    rec = json.loads(p.read_text())
+    out[int(rec["step"])] = rec
+  return dict(sorted(out.items()))
+
+
+def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
+  cfg = trainer.config
+  history = {s: r for s, r in eval_history(workdir).items() if s <= cfg.train.num_steps}
+  final_step = max(history)
+  out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
+         "num_steps": cfg.train.num_steps, "num_labeled": len(trainer.train_data.labeled),
+         "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
+         "class_names": list(trainer.dataset.class_names),
+         "wall_time_s": wall, "compile_s": compile_s,
+         "train": {k: float(v) for k, v in last_means.items() if np.ndim(v) == 0}}
+  for net in ("teacher", "student"):
+    best_step = max(history, key=lambda s: (history[s][net]["top1"], -s))
+    final = history[final_step][net]
+    out[net] = {"final_top1": final["top1"], "final_mean_class_acc": final["mean_class_acc"],
+                "final_macro_f1": final["macro_f1"], "best_top1": history[best_step][net]["top1"],
+                "best_step": best_step,
+                "best_mean_class_acc": max(r[net]["mean_class_acc"] for r in history.values())}
+  return out
+
+
+def _plot_thresholds(workdir, class_names) -> None:
+  rows = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl", "train")
+          if any(k.startswith("algo/tau/") for k in r)]
+  if not rows:
+    return
+  by_step = {r["step"]: r for r in rows}  # a resumed run's repeated steps: the later row wins
+  steps = sorted(by_step)
+  series = {name: [by_step[s].get(f"algo/tau/{name}") for s in steps] for name in class_names
+            if f"algo/tau/{name}" in rows[-1]}
+  plots.curves_png(steps, series, workdir / "thresholds.png", "per-class thresholds", "tau")

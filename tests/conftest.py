@@ -1,0 +1,46 @@
+"""Test set-up: 8 fake CPU devices (before jax is imported), quiet logs, tiny configs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from ssfer_jax.config import base_config, set_algorithm  # noqa: E402
+
+
+def tiny_config(algorithm: str = "fixmatch", **overrides):
+  """A config that trains in seconds: 24 px synthetic faces, a narrow CNN, small batches."""
+  c = base_config()
+  set_algorithm(c, algorithm)
+  c.dataset.num_train = 240
+  c.dataset.num_test = 64
+  c.dataset.render_size = 24
+  c.data.image_size = 24
+  c.data.batch_size = 8
+  c.data.uratio = 2
+  c.data.labels_per_class = 4
+  c.data.read_threads = 1
+  c.data.prefetch = 2
+  c.eval.batch_size = 32
+  c.train.num_steps = 8
+  c.train.log_every = 2
+  c.train.eval_every = 4
+  c.train.checkpoint_every = 4
+  c.train.async_checkpoint = False
+  c.train.progress = False
+  c.mesh.num_devices = 1
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config
