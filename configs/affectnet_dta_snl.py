@@ -23,8 +23,7 @@ Variant arguments (after ':', comma-separated, combinable):
   steps=N             optimizer steps (default 30000)
 """
 
-from ssfer_jax.algorithms.dta_snl import apply_ablations, parse_config_arg
-from ssfer_jax.config import base_config, set_algorithm
+from ssfer_jax.config import apply_ablations, base_config, parse_config_arg, set_algorithm
 
 SOURCE = "configs/affectnet_dta_snl.py"
 

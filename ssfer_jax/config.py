@@ -109,16 +109,80 @@ def set_algorithm(c: ml_collections.ConfigDict, name: str) -> ml_collections.Con
   return c
 
 
-def parse_variant(arg: str | None) -> dict:
-  """``'dta_snl,labels=25'`` -> {'method': 'dta_snl', 'labels': '25'} (big_vision-style)."""
-  out = {}
-  for part in filter(None, (arg or "").split(",")):
+ABLATIONS = {
+    "fixed_threshold": "config.algo.use_dta=False (fixed threshold config.algo.fixed_tau)",
+    "no_snl": "config.algo.use_snl=False",
+    "no_attention": "config.model.attention=False",
+    "no_feature_dropout": "config.model.feature_dropout=0.0",
+    "no_balance": "config.data.class_balanced=False",
+}
+
+
+def split_variant(arg: str | None):
+  """``'no_snl,no_attention,labels=25'`` -> (['no_snl', 'no_attention'], {'labels': '25'}).
+
+  Bare words are flags (ablations or a method name), ``key=value`` pairs are options.
+  """
+  flags, options = [], {}
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
     key, sep, value = part.partition("=")
     if sep:
-      out[key.strip()] = value.strip()
+      options[key.strip()] = value.strip()
     else:
-      out["method"] = key.strip()
-  return out
+      flags.append(key)
+  return flags, options
+
+
+def parse_config_arg(arg: str | None, *, source: str, allowed_options=(), extra_flags=(),
+                     default_method: str = "dta_snl"):
+  """Splits a ``--config=FILE:ARG`` argument (every configs/*.py uses this).
+
+  Returns (method, ablations, extras, options): ``method`` is the one bare word naming a
+  registered algorithm (default 'dta_snl'), ``ablations`` the bare words in
+  ``ABLATIONS`` (applied later by ``apply_ablations``), ``extras`` the bare words in
+  ``extra_flags`` (e.g. AffectNet's '7' / '8'), ``options`` the ``key=value`` pairs,
+  whose keys must be in ``allowed_options``. Anything else raises naming ``source``.
+  """
+  flags, options = split_variant(arg)
+  methods = [f for f in flags if f in algorithms.names()]
+  ablations = [f for f in flags if f in ABLATIONS]
+  extras = [f for f in flags if f in extra_flags]
+  unknown = [f for f in flags if f not in methods + ablations + extras]
+  if unknown:
+    raise ValueError(f"{source}: unknown variant(s) {unknown}; known: ablations "
+                     f"{sorted(ABLATIONS)}, methods {algorithms.names()}"
+                     + (f", {list(extra_flags)}" if extra_flags else "")
+                     + f", options {list(allowed_options)} as key=value (comma-separated, "
+                     f"e.g. --config={source}:no_snl,no_attention)")
+  if len(methods) > 1:
+    raise ValueError(f"{source}: more than one method in the variant: {methods}")
+  bad = sorted(set(options) - set(allowed_options))
+  if bad:
+    raise ValueError(f"{source}: unknown option(s) {bad}; known: {list(allowed_options)}")
+  return (methods[0] if methods else default_method), ablations, extras, options
+
+
+def apply_ablations(config: ml_collections.ConfigDict, flags, *, source: str):
+  """Applies the ablation flags (``ABLATIONS``); unknown flags raise naming ``source``."""
+  for flag in flags:
+    if flag not in ABLATIONS:
+      raise ValueError(f"{source}: unknown variant {flag!r}; known ablations: "
+                       f"{', '.join(sorted(ABLATIONS))} (comma-separated, e.g. "
+                       f"--config={source}:no_snl,no_attention)")
+    if flag in ("fixed_threshold", "no_snl") and "use_dta" not in config.algo:
+      raise ValueError(f"{source}: variant {flag!r} applies to dta_snl/dtm, not "
+                       f"config.algorithm={config.algorithm!r}")
+    if flag == "fixed_threshold":
+      config.algo.use_dta = False
+    elif flag == "no_snl":
+      config.algo.use_snl = False
+    elif flag == "no_attention":
+      config.model.attention = False
+    elif flag == "no_feature_dropout":
+      config.model.feature_dropout = 0.0
+    elif flag == "no_balance":
+      config.data.class_balanced = False
+  return config
 
 
 def _flat_keys(cfg, prefix=""):
