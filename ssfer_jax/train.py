@@ -311,6 +311,8 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
   if trainer.is_main:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot_thresholds(workdir, trainer.dataset.class_names)
+    from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
+    report.write_run_report(workdir)
     t = summary["teacher"]
     print(f"final test accuracy (teacher): {t['final_top1']:.4f}  "
           f"mean per-class: {t['final_mean_class_acc']:.4f}  "
