@@ -19,8 +19,16 @@ def make_schedule(cfg, num_steps: int):
 
 
 def make_optimizer(cfg, num_steps: int):
-  """Returns (schedule, optax transformation)."""
-  schedule = make_schedule(cfg, num_steps)
+  """Returns (schedule, optax transformation).
+
+  ``num_steps`` counts batches (train steps). With ``cfg.accum_steps = k > 1`` the
+  optimizer is wrapped in ``optax.MultiSteps``: it averages the gradients of k
+  consecutive batches and updates once, so the schedule (and ``warmup_steps``) runs
+  over ``num_steps // k`` optimizer updates.
+  """
+  if cfg.accum_steps < 1:
+    raise ValueError(f"config.optim.accum_steps must be >= 1, got {cfg.accum_steps}")
+  schedule = make_schedule(cfg, max(1, num_steps // cfg.accum_steps))
   if cfg.name == "adam":
     opt = optax.adam(schedule)
     if cfg.weight_decay:
@@ -37,3 +45,19 @@ def make_optimizer(cfg, num_steps: int):
   if cfg.accum_steps > 1:
     opt = optax.MultiSteps(opt, every_k_schedule=cfg.accum_steps)
   return schedule, opt
+
+
+def update_count(tx, opt_state, step):
+  """Optimizer updates applied before this step: ``step`` itself, or with
+  ``optax.MultiSteps`` its ``gradient_step`` counter (a step is a batch)."""
+  if isinstance(tx, optax.MultiSteps):
+    return opt_state.gradient_step
+  return step
+
+
+def update_applied(tx, new_opt_state):
+  """Whether the step that produced ``new_opt_state`` changed the parameters (always,
+  except on the accumulation-only micro-steps of ``optax.MultiSteps``)."""
+  if isinstance(tx, optax.MultiSteps):
+    return tx.has_updated(new_opt_state)
+  return True

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssfer_jax import optim
 from ssfer_jax.algorithms.base import StepInputs, cross_entropy
 from ssfer_jax.state import TrainState
 
@@ -133,18 +134,26 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(state.step, config.ema.decay, config.ema.warmup)
+    # Gradient accumulation (optax.MultiSteps): the teacher EMA moves only when the
+    # optimizer applied an update, with the decay ramp counted in updates, so k
+    # micro-batches of B behave like one batch of kB. BatchNorm statistics and the
+    # algorithm's state are statistics of the data and update on every micro-batch.
+    n_updates = optim.update_count(tx, state.opt_state, state.step)
+    applied = optim.update_applied(tx, opt_state)
+    decay = ema_decay(n_updates, config.ema.decay, config.ema.warmup)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=aux["batch_stats"],
-        ema_params=ema_update(state.ema_params, params, decay),
-        ema_batch_stats=ema_update(state.ema_batch_stats, aux["batch_stats"], decay),
+        ema_params=keep(ema_update(state.ema_params, params, decay), state.ema_params),
+        ema_batch_stats=keep(ema_update(state.ema_batch_stats, aux["batch_stats"], decay),
+                             state.ema_batch_stats),
         opt_state=opt_state, algo=aux["algo"])
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
                "grad_norm": optax.global_norm(grads), "ema_decay": decay,
                "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32)}
     if schedule is not None:
-      metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+      metrics["lr"] = jnp.asarray(schedule(n_updates), jnp.float32)
     if aux["mask"] is not None:
       metrics.update(pseudo_label_metrics(aux["mask"], aux["pseudo"],
                                           batch["y_ulb"].astype(jnp.int32)))
