@@ -51,7 +51,7 @@ def ensure_writable(workdir) -> epath.Path:
   workdir = epath.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_probe"
+    probe = workdir / f".write_probe_{jax.process_index()}"  # one per process: hosts may share it
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
