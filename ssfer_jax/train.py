@@ -39,6 +39,10 @@ from ssfer_jax.data.sources import load_dataset
 from ssfer_jax.models import build_model
 
 
+# jax.transfer_guard level for the per-step part of the loop ("allow" | "log" | "disallow").
+STEP_TRANSFER_GUARD = "allow"
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -263,11 +267,15 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
     with _SigtermFlag() as sigterm:
       step = start_step
       while step < total:
-        host_batch = next(batches)
-        batch = parallel.global_batch(host_batch, trainer.batch_sharding)
-        t0 = time.time()
-        state, step_metrics = trainer.train_step(state, batch)
-        acc = _accumulate(acc, step_metrics, jnp.int32(step))
+        # The steady-state part: nothing here may copy device arrays to the host (only
+        # the logging / eval / checkpoint block below does); tests/test_transfers.py runs
+        # this loop with STEP_TRANSFER_GUARD = "disallow".
+        with jax.transfer_guard_device_to_host(STEP_TRANSFER_GUARD):
+          host_batch = next(batches)
+          batch = parallel.global_batch(host_batch, trainer.batch_sharding)
+          t0 = time.time()
+          state, step_metrics = trainer.train_step(state, batch)
+          acc = _accumulate(acc, step_metrics, jnp.int32(step))
         step += 1
         if compile_s is None:
           jax.block_until_ready(state.step)

@@ -1,0 +1,628 @@
+r"""Train-step throughput of ssfer_jax against a PyTorch eager implementation of the same step.
+
+    python bench/train_step.py                          # B=2, 112 and 224 px, all parts
+    python bench/train_step.py --batch=32 --steps=10    # on a GPU (chosen automatically)
+    python bench/train_step.py --parts=step --sizes=112 --impls=jax
+
+The step is the project's method, ``dta_snl``, with the RAF-DB settings
+(``configs/rafdb_dta_snl.py``: ResNet-18, local attention + feature-map dropout 0.5,
+head dropout 0.5, Adam 5e-4, EMA teacher 0.999, DTA thresholds + SNL): a labeled batch
+of B images (weak view) and an unlabeled batch of U = uratio x B images (weak + strong
+views; ``--uratio`` defaults to 7). One step = teacher forward on U weak + B labeled,
+student forward/backward on B labeled + U strong, the DTA/SNL losses, Adam, the EMA
+update. **images/s counts the B + U distinct images of a step** (each unlabeled image
+is seen as two views).
+
+Parts (``--parts``, comma-separated):
+
+* ``step``: for every size, the modes (``--modes``)
+    dta_snl       the method's step (above)
+    pseudo_label  the same network work (teacher forward on U + B, student forward/backward
+                  on B + U, EMA) with a plain pseudo-label CE: no thresholds, no mask, no SNL
+                  (a bench-only Algorithm; the difference to dta_snl is the cost of DTA+SNL)
+    supervised    the supervised step on B + U labeled images (student forward/backward on
+                  the same number of images as dta_snl's student, EMA update; no teacher
+                  forward)
+  each in ssfer_jax (the Trainer's jitted step: shardings, donation, the batch put on
+  the device every step as the loop does) and, for dta_snl and supervised, in PyTorch
+  eager (``bench/torch_reference.py``; cuda if available). After ``--warmup`` steps,
+  ``--rounds`` rounds alternate the implementations (``--steps`` steps each) so that a
+  change of machine load hits both; the table shows the median round.
+  Also: compile time (lower + compile of the step), model FLOPs per step from XLA's cost
+  analysis of the compiled step, and the achieved FLOP/s against the peak.
+* ``algo``: the DTA + SNL logic alone (``dta_snl.unlabeled_loss`` jitted on logits,
+  forward and forward + gradient w.r.t. the student logits).
+* ``peak``: the peak FLOP/s: a measured large float32 matmul (``jnp.dot``), and on a CPU
+  the nominal cores x clock x SIMD lanes x FMA units x 2 from lscpu / /proc/cpuinfo.
+* ``loop``: host/device split of the training loop at ``--loop_config`` (default
+  ``configs/default.py``, the CPU default job), built by ``train.Trainer``: steps/s of
+  (a) the input pipeline alone (``next(TrainBatches)``), (b) the jitted step alone on one
+  device-resident batch, (c) the loop's per-step work (next batch -> ``global_batch`` ->
+  step, dispatch is asynchronous, so host and device overlap as in ``train.run``).
+  (c) close to (a) and well below (b): the loop waits for input.
+* ``input``: the host input pipeline (``pipeline.TrainBatches``: grain, RAF-DB-sized
+  100 px source images resized, weak + strong augmentation) in images/s at each size,
+  against the step's images/s (does the pipeline keep up?).
+
+``--json=FILE`` writes every number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+_BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled: uratio x B).")
+_URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
+_SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Image sides in pixels.")
+_IMPLS = flags.DEFINE_list("impls", ["jax", "torch"], "Implementations: jax, torch.")
+_MODES = flags.DEFINE_list("modes", ["dta_snl", "pseudo_label", "supervised"], "Step kinds.")
+_PARTS = flags.DEFINE_list("parts", ["peak", "step", "algo", "input", "loop"],
+                           "What to measure.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per implementation (after compile).")
+_STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per implementation per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
+_CHANNELS_LAST = flags.DEFINE_bool("torch_channels_last", True,
+                                   "torch: channels_last layout (faster with oneDNN on CPU).")
+_MAXPOOL = flags.DEFINE_list("jax_maxpool", ["xla", "fast"],
+                             "jax variants: 'xla' (flax nn.max_pool, as the model is) and/or "
+                             "'fast' (max_pool_fast below patched in).")
+_SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
+_FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
+_INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
+_LOOP_CONFIG = flags.DEFINE_string("loop_config", "configs/default.py",
+                                   "loop part: the config file[:variant] to time.")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 30, "loop part: timed steps per measurement.")
+_JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+
+NUM_CLASSES = 7
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "rafdb_dta_snl.py")
+
+
+# ---------------------------------------------------------------------------------------
+# Configs and batches (also used by torch_reference.parity_check and tests).
+
+def _rafdb_config(arg):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("rafdb_dta_snl_config", CONFIG_FILE)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def bench_config(mode: str, size: int, b: int, uratio: int):
+  """configs/rafdb_dta_snl.py (model, optimizer, method settings) on a tiny synthetic
+  source (the bench feeds its own batches; the source only sizes the Trainer)."""
+  method = "supervised" if mode == "supervised" else "dta_snl"
+  c = _rafdb_config(method)
+  if mode == "pseudo_label":
+    c.algorithm = "bench_pseudo_label"   # same hyper-parameter keys as dta_snl: validate passes
+  c.dataset.name = "synthetic"
+  c.dataset.num_train = 200
+  c.dataset.num_test = 8
+  c.dataset.render_size = 16
+  c.data.label_protocol = "uniform"
+  c.data.labels_per_class = 4
+  c.data.image_size = size
+  c.data.uratio = uratio
+  c.data.batch_size = b * (1 + uratio) if mode == "supervised" else b
+  c.eval.batch_size = 8
+  c.mesh.num_devices = 1
+  return c
+
+
+def register_pseudo_label():
+  """A bench-only Algorithm: dta_snl's network work (teacher on U + B, student on B + U)
+  with the plainest unlabeled loss, mean CE(strong, teacher arg-max): no threshold, mask
+  or SNL. dta_snl minus this is the cost of the DTA + SNL logic inside the real step."""
+  import jax.numpy as jnp
+  from ssfer_jax import algorithms
+  from ssfer_jax.algorithms import dta_snl
+  from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, confidence_and_label,
+                                         cross_entropy)
+
+  def unlabeled_loss(state, inputs, cfg):
+    del cfg
+    _, pseudo, _ = confidence_and_label(inputs.logits_ulb_w)
+    loss = jnp.mean(cross_entropy(inputs.logits_ulb_s, pseudo))
+    return UnlabeledOutput(loss=loss + 0.0 * jnp.sum(inputs.teacher_logits_lb), state=state,
+                           mask=jnp.ones(pseudo.shape, jnp.float32), pseudo_labels=pseudo,
+                           metrics={})
+
+  algo = Algorithm(name="bench_pseudo_label", default_config=dta_snl.default_config,
+                   init_state=dta_snl.init_state, unlabeled_loss=unlabeled_loss,
+                   needs_teacher_on_labeled=True)
+  algorithms._REGISTRY[algo.name] = algo
+  return algo
+
+
+def random_batch(rng, config, algorithm, num_classes=NUM_CLASSES) -> dict:
+  """A host batch as ``pipeline.TrainBatches`` yields it (uint8 NHWC images, int32 labels)."""
+  s, b = config.data.image_size, config.data.batch_size
+  u = b * config.data.uratio
+  out = {"x_lb": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+         "y_lb": rng.integers(0, num_classes, (b,)).astype(np.int32)}
+  if algorithm.uses_unlabeled:
+    for v in algorithm.views:
+      out["x_" + v] = rng.integers(0, 256, (u, s, s, 3), dtype=np.uint8)
+    out["idx_ulb"] = np.arange(u, dtype=np.int32)
+    out["y_ulb"] = rng.integers(0, num_classes, (u,)).astype(np.int32)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# A max-pool whose gradient avoids XLA:CPU's select_and_scatter expansion.
+
+def _max_pool_fast_impl():
+  import functools
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+  def max_pool_fast(x, window, strides, padding):
+    """NHWC max-pool (``flax.linen.max_pool`` semantics: explicit padding pads with -inf)
+    whose VJP sends each output gradient to the *first* maximal element of its window in
+    row-major order, as XLA's select_and_scatter does, but computes it with strided
+    slices, compares and interior-padded adds (one fused elementwise loop) instead of the
+    variadic reduce-window + iota + scatter that XLA:CPU expands select_and_scatter into
+    (~20% of the ResNet-18 step on CPU). Overlapping windows add their contributions in a
+    different order: results agree to float32 rounding (same arg-max positions)."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,), (1,) + strides + (1,),
+                             ((0, 0),) + tuple(padding) + ((0, 0),))
+
+  def fwd(x, window, strides, padding):
+    y = max_pool_fast(x, window, strides, padding)
+    return y, (x, y)
+
+  def bwd(window, strides, padding, res, g):
+    x, y = res
+    (p0, p1), (q0, q1) = padding
+    xp = jnp.pad(x, ((0, 0), (p0, p1), (q0, q1), (0, 0)), constant_values=-jnp.inf)
+    n, hp, wp, c = xp.shape
+    oh, ow = y.shape[1:3]
+    sh, sw = strides
+    zero = jnp.zeros((), g.dtype)
+    claimed = jnp.zeros(y.shape, jnp.bool_)
+    dxp = jnp.zeros(xp.shape, g.dtype)
+    for di in range(window[0]):
+      for dj in range(window[1]):
+        xs = lax.slice(xp, (0, di, dj, 0),
+                       (n, di + (oh - 1) * sh + 1, dj + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
+        hit = (xs == y) & ~claimed
+        claimed = claimed | hit
+        dxp = dxp + lax.pad(jnp.where(hit, g, zero), zero,
+                            ((0, 0, 0), (di, hp - di - (oh - 1) * sh - 1, sh - 1),
+                             (dj, wp - dj - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
+    return (dxp[:, p0:hp - p1, q0:wp - q1, :],)
+
+  max_pool_fast.defvjp(fwd, bwd)
+  return max_pool_fast
+
+
+def max_pool_fast(x, window_shape, strides=None, padding="VALID"):
+  """Drop-in for ``flax.linen.max_pool`` (NHWC, explicit padding pairs) with the fast VJP."""
+  if padding == "VALID":
+    padding = ((0, 0),) * len(window_shape)
+  elif isinstance(padding, str):
+    raise ValueError("max_pool_fast takes 'VALID' or explicit ((lo, hi), (lo, hi)) padding")
+  global _MAX_POOL_FAST
+  if _MAX_POOL_FAST is None:
+    _MAX_POOL_FAST = _max_pool_fast_impl()
+  strides = tuple(strides or (1,) * len(window_shape))
+  return _MAX_POOL_FAST(x, tuple(window_shape), strides, tuple(tuple(p) for p in padding))
+
+
+_MAX_POOL_FAST = None
+
+
+class patched_max_pool:
+  """Context: ``flax.linen.max_pool`` is ``max_pool_fast`` while models are traced."""
+
+  def __init__(self, enabled=True):
+    self.enabled = enabled
+
+  def __enter__(self):
+    import flax.linen as nn
+    self.old = nn.max_pool
+    if self.enabled:
+      nn.max_pool = max_pool_fast
+    return self
+
+  def __exit__(self, *exc):
+    import flax.linen as nn
+    nn.max_pool = self.old
+
+
+# ---------------------------------------------------------------------------------------
+# Runners: each returns a callable doing n steps and waiting for them.
+
+class JaxRunner:
+  """The Trainer's jitted train step, compiled ahead of time (timed), fed as the loop feeds it."""
+
+  def __init__(self, mode, size, b, uratio, workdir, seed=0, fast_maxpool=False):
+    import jax
+    from ssfer_jax import parallel, train
+    self.jax, self.parallel = jax, parallel
+    self.config = bench_config(mode, size, b, uratio)
+    self.trainer = train.Trainer(self.config, workdir)
+    rng = np.random.default_rng(seed)
+    self.host = [random_batch(rng, self.config, self.trainer.algorithm) for _ in range(2)]
+    self.state = self.trainer.fresh_state()
+    batch = parallel.global_batch(self.host[0], self.trainer.batch_sharding)
+    t0 = time.perf_counter()
+    with patched_max_pool(fast_maxpool):   # the model is traced inside lower()
+      lowered = self.trainer.train_step.lower(self.state, batch)
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - t0
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    self.images_per_step = (b * (1 + uratio))
+    self.k = 0
+
+  def run(self, n):
+    for _ in range(n):
+      hb = self.host[self.k % len(self.host)]
+      self.k += 1
+      batch = self.parallel.global_batch(hb, self.trainer.batch_sharding)
+      self.state, self.metrics = self.compiled(self.state, batch)
+    self.jax.block_until_ready((self.state, self.metrics))
+
+
+class TorchRunner:
+  def __init__(self, mode, size, b, uratio, seed=0):
+    import torch_reference as ref
+    self.ref = ref
+    self.dev = ref.device()
+    self.step = ref.TorchStep(mode, channels_last=_CHANNELS_LAST.value, seed=seed, dev=self.dev)
+    config = bench_config(mode, size, b, uratio)
+    from ssfer_jax import algorithms
+    algo = algorithms.get_algorithm(config.algorithm)
+    rng = np.random.default_rng(seed)
+    self.host = [random_batch(rng, config, algo) for _ in range(2)]
+    self.images_per_step = b * (1 + uratio)
+    self.k = 0
+
+  def run(self, n):
+    for _ in range(n):
+      self.loss = self.step.step(self.host[self.k % len(self.host)])
+      self.k += 1
+    self.ref.synchronize(self.dev)
+
+
+def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int) -> dict:
+  """{name: [seconds per step, one per round]}, the runners alternating within each round."""
+  for r in runners.values():
+    r.run(warmup)
+  out = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, r in runners.items():
+      time.sleep(_SETTLE.value)
+      t0 = time.perf_counter()
+      r.run(steps)
+      out[name].append((time.perf_counter() - t0) / steps)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Peak FLOP/s.
+
+def measured_matmul_peak(n=None, reps=5) -> dict:
+  """Best-of-``reps`` float32 ``jnp.dot`` of two n x n matrices, 2 n^3 flops each."""
+  import jax
+  import jax.numpy as jnp
+  on_cpu = jax.devices()[0].platform == "cpu"
+  n = n or (2048 if on_cpu else 8192)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST))
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return {"matmul_n": n, "matmul_flops_per_s": 2 * n**3 / best}
+
+
+def nominal_cpu_peak(fma_units: int) -> dict:
+  """cores x clock x float32 SIMD lanes x FMA units x 2, from /proc/cpuinfo flags."""
+  try:
+    text = open("/proc/cpuinfo").read()
+  except OSError:
+    return {}
+  flags_line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+  mhz = [float(l.split(":")[1]) for l in text.splitlines() if l.startswith("cpu MHz")]
+  lanes = 16 if " avx512f" in flags_line else 8 if " avx2" in flags_line else 4
+  fma = " fma" in flags_line
+  cores = os.cpu_count() or 1
+  ghz = (max(mhz) / 1000.0) if mhz else float("nan")
+  peak = cores * ghz * 1e9 * lanes * (fma_units if fma else 1) * (2 if fma else 1)
+  return {"cores": cores, "ghz": ghz, "f32_lanes": lanes, "fma": fma, "fma_units": fma_units,
+          "nominal_flops_per_s": peak}
+
+
+# ---------------------------------------------------------------------------------------
+# The DTA + SNL logic alone.
+
+def time_algorithm(b, uratio, iters=200) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from ssfer_jax.algorithms import dta_snl
+  from ssfer_jax.algorithms.base import StepInputs
+  config = _rafdb_config("dta_snl")
+  cfg = config.algo
+  u = b * uratio
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  arrays = dict(
+      logits_lb=jax.random.normal(keys[0], (b, NUM_CLASSES)) * 4,
+      y_lb=jnp.arange(b, dtype=jnp.int32) % NUM_CLASSES,
+      logits_ulb_s=jax.random.normal(keys[1], (u, NUM_CLASSES)) * 4,
+      logits_ulb_w=jax.random.normal(keys[2], (u, NUM_CLASSES)) * 4,
+      teacher_logits_lb=jax.random.normal(keys[3], (b, NUM_CLASSES)) * 4,
+      idx_ulb=jnp.arange(u, dtype=jnp.int32), y_ulb=jnp.zeros((u,), jnp.int32),
+      step=jnp.int32(10), epoch=jnp.float32(0.1))
+  state = dta_snl.init_state(cfg, NUM_CLASSES, u)
+
+  def inputs_of(arr):
+    return StepInputs(steps_per_epoch=100, **arr)  # static: closed over, not traced
+
+  fwd = jax.jit(lambda st, arr: dta_snl.unlabeled_loss(st, inputs_of(arr), cfg))
+
+  def loss_of_student(logits_s, st, arr):
+    out = dta_snl.unlabeled_loss(st, inputs_of(dict(arr, logits_ulb_s=logits_s)), cfg)
+    return out.loss, out
+
+  grad = jax.jit(jax.grad(loss_of_student, has_aux=True))
+  out = {}
+  for name, fn, args in (("forward", fwd, (state, arrays)),
+                         ("forward+grad", grad, (arrays["logits_ulb_s"], state, arrays))):
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(iters):
+      r = fn(*args)
+    jax.block_until_ready(r)
+    out[name + "_us"] = (time.perf_counter() - t0) / iters * 1e6
+  # Dispatch floor: an empty jitted function with the same arguments.
+  nop = jax.jit(lambda st, arr: st["tau"])
+  jax.block_until_ready(nop(state, arrays))
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    r = nop(state, arrays)
+  jax.block_until_ready(r)
+  out["dispatch_floor_us"] = (time.perf_counter() - t0) / iters * 1e6
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Host input pipeline.
+
+def time_input_pipeline(size, b, uratio, batches, workdir) -> dict:
+  """images/s of the real ``pipeline.TrainBatches`` (dta_snl views) on synthetic 100 px
+  faces (RAF-DB's aligned size) resized to ``size``, with the config's worker settings."""
+  from ssfer_jax import algorithms
+  from ssfer_jax.data import pipeline
+  from ssfer_jax.data.sources import load_dataset
+  c = bench_config("dta_snl", size, b, uratio)
+  c.dataset.render_size = 100
+  c.dataset.num_train = max(200, 2 * b * (1 + uratio))
+  algo = algorithms.get_algorithm("dta_snl")
+  ds = load_dataset(c)
+  data = pipeline.split_train(ds, c, algo, None)
+  it = pipeline.TrainBatches(data, c, algo, ds.channels)
+  next(it)
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  dt = time.perf_counter() - t0
+  return {"images_per_s": batches * b * (1 + uratio) / dt, "num_workers": c.data.num_workers,
+          "read_threads": c.data.read_threads}
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop's host / device split.
+
+def load_config_arg(arg: str):
+  """'configs/x.py[:variant]' -> the config (paths relative to the repo root work too)."""
+  import importlib.util
+  path, _, variant = arg.partition(":")
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  spec = importlib.util.spec_from_file_location("bench_loop_config", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(variant or None)
+
+
+def time_loop(config, steps, workdir, fast_maxpool=False) -> dict:
+  """steps/s of the input pipeline alone, the step alone and the loop's per-step work."""
+  import jax
+  from ssfer_jax import parallel, train
+  from ssfer_jax.data import pipeline
+  t = train.Trainer(config, workdir)
+  batches = pipeline.TrainBatches(t.train_data, config, t.algorithm, t.dataset.channels)
+  state = t.fresh_state()
+  dev_batch = parallel.global_batch(next(batches), t.batch_sharding)
+  with patched_max_pool(fast_maxpool):
+    state, m = t.train_step(state, dev_batch)          # traces and compiles
+  jax.block_until_ready((state, m))
+  out = {"config": _LOOP_CONFIG.value, "maxpool": "fast" if fast_maxpool else "xla",
+         "batch": config.data.batch_size,
+         "uratio": config.data.uratio if t.algorithm.uses_unlabeled else 0,
+         "image_size": config.data.image_size, "backbone": config.model.backbone,
+         "num_workers": config.data.num_workers, "read_threads": config.data.read_threads}
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    next(batches)
+  out["input_steps_per_s"] = steps / (time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = t.train_step(state, dev_batch)
+  jax.block_until_ready((state, m))
+  out["step_steps_per_s"] = steps / (time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = t.train_step(state, parallel.global_batch(next(batches), t.batch_sharding))
+  jax.block_until_ready((state, m))
+  out["loop_steps_per_s"] = steps / (time.perf_counter() - t0)
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+
+def _fmt_rate(x):
+  return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def main(argv):
+  del argv
+  import jax
+  results = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform,
+             "batch": _BATCH.value, "uratio": _URATIO.value, "cpu_count": os.cpu_count(),
+             "loadavg_start": os.getloadavg(), "steps": {}, "algo": None, "input": {}}
+  b, uratio = _BATCH.value, _URATIO.value
+  sizes = [int(s) for s in _SIZES.value]
+  parts = set(_PARTS.value)
+  print(f"device: {results['device']}  B={b}  U={b * uratio}  images/step={b * (1 + uratio)}  "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+
+  if "peak" in parts:
+    peak = measured_matmul_peak()
+    if jax.devices()[0].platform == "cpu":
+      peak.update(nominal_cpu_peak(_FMA_UNITS.value))
+    results["peak"] = peak
+    print(f"peak: measured f32 matmul {peak['matmul_n']}^2: "
+          f"{peak['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"
+          + (f"; nominal {peak['cores']} cores x {peak['ghz']:.2f} GHz x {peak['f32_lanes']} lanes"
+             f" x {peak['fma_units']} FMA x 2 = {peak['nominal_flops_per_s'] / 1e9:.0f} GFLOP/s"
+             if "nominal_flops_per_s" in peak else ""), flush=True)
+
+  if "step" in parts:
+    if "pseudo_label" in _MODES.value:
+      register_pseudo_label()
+    for size in sizes:
+      runners, info = {}, {}
+      with tempfile.TemporaryDirectory() as tmp:
+        for mode in _MODES.value:
+          for pool in (_MAXPOOL.value if "jax" in _IMPLS.value else []):
+            name = f"jax/{mode}" if pool == "xla" else f"jax+fastpool/{mode}"
+            r = JaxRunner(mode, size, b, uratio, os.path.join(tmp, name.replace("/", "_")),
+                          fast_maxpool=(pool == "fast"))
+            runners[name] = r
+            info[name] = {"compile_s": r.compile_s, "flops_per_step": r.flops}
+            print(f"  {size}px {name}: compiled in {r.compile_s:.1f} s, "
+                  f"{r.flops / 1e9:.1f} GFLOP/step (XLA cost analysis)", flush=True)
+          if "torch" in _IMPLS.value and mode in ("dta_snl", "supervised"):
+            runners[f"torch/{mode}"] = TorchRunner(mode, size, b, uratio)
+        times = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value)
+      for name, ts in times.items():
+        med = statistics.median(ts)
+        rec = info.setdefault(name, {})
+        rec.update(step_s=med, step_s_best=min(ts), step_s_rounds=ts,
+                   images_per_s=b * (1 + uratio) / med,
+                   images_per_s_best=b * (1 + uratio) / min(ts))
+        if "flops_per_step" in rec:
+          rec["flops_per_s"] = rec["flops_per_step"] / med
+      results["steps"][size] = info
+      _print_step_table(size, info, results.get("peak"))
+
+  if "algo" in parts:
+    results["algo"] = time_algorithm(b, uratio)
+    a = results["algo"]
+    print(f"\nDTA+SNL logic alone (unlabeled_loss on logits, U={b * uratio}, B={b}): "
+          f"forward {a['forward_us']:.0f} us, forward+grad {a['forward+grad_us']:.0f} us "
+          f"(empty jitted call: {a['dispatch_floor_us']:.0f} us)", flush=True)
+
+  if "input" in parts:
+    with tempfile.TemporaryDirectory() as tmp:
+      for size in sizes:
+        r = time_input_pipeline(size, b, uratio, _INPUT_BATCHES.value, tmp)
+        results["input"][size] = r
+        step = results["steps"].get(size, {}).get("jax/dta_snl")
+        extra = (f" vs the jax dta_snl step's {_fmt_rate(step['images_per_s'])} images/s "
+                 f"({r['images_per_s'] / step['images_per_s']:.2f}x)" if step else "")
+        print(f"input pipeline {size}px (num_workers={r['num_workers']}, read_threads="
+              f"{r['read_threads']}): {_fmt_rate(r['images_per_s'])} images/s{extra}", flush=True)
+
+  if "loop" in parts:
+    results["loop"] = []
+    for pool in _MAXPOOL.value:
+      config = load_config_arg(_LOOP_CONFIG.value)
+      config.mesh.num_devices = 1
+      with tempfile.TemporaryDirectory() as tmp:
+        r = time_loop(config, _LOOP_STEPS.value, tmp, fast_maxpool=(pool == "fast"))
+      results["loop"].append(r)
+      print(f"\nloop split, {r['config']} ({r['backbone']}, {r['image_size']} px, "
+            f"B={r['batch']}, uratio={r['uratio']}, num_workers={r['num_workers']}, "
+            f"read_threads={r['read_threads']}, max-pool {pool}): input pipeline alone "
+            f"{r['input_steps_per_s']:.2f} steps/s, step alone {r['step_steps_per_s']:.2f} "
+            f"steps/s, loop {r['loop_steps_per_s']:.2f} steps/s", flush=True)
+
+  results["loadavg_end"] = os.getloadavg()
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(results, f, indent=2, default=float)
+
+
+def _print_step_table(size, info, peak):
+  """Median and best round per step kind, then the ratios (on median rounds; on best rounds
+  in brackets: under a shared machine's load the best round is the least disturbed)."""
+  print(f"\n{size} px, B={_BATCH.value}, U={_BATCH.value * _URATIO.value}, "
+        f"{_ROUNDS.value} rounds x {_STEPS.value} steps:")
+  print(f"  {'step':<26}{'s/step':>8}{'images/s':>10}{'best img/s':>11}{'compile s':>10}"
+        f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'% peak':>8}")
+  ref = peak.get("matmul_flops_per_s") if peak else None
+  for name, r in info.items():
+    fl = r.get("flops_per_step")
+    fps = r.get("flops_per_s")
+    print(f"  {name:<26}{r['step_s']:>8.3f}{_fmt_rate(r['images_per_s']):>10}"
+          f"{_fmt_rate(r['images_per_s_best']):>11}"
+          + (f"{r['compile_s']:>10.1f}{fl / 1e9:>11.1f}{fps / 1e9:>9.1f}" if fl else " " * 30)
+          + (f"{100 * fps / ref:>7.0f}%" if fl and ref else ""))
+
+  def ratio(a, b, key):
+    return info[a][key] / info[b][key]
+
+  lines = []
+  for jax_name in ("jax", "jax+fastpool"):
+    for mode in ("dta_snl", "supervised"):
+      j, t = f"{jax_name}/{mode}", f"torch/{mode}"
+      if j in info and t in info:
+        lines.append((f"{mode}: {jax_name} / torch images/s", ratio(t, j, "step_s"),
+                      ratio(t, j, "step_s_best"), "x"))
+    d, sup, pl = f"{jax_name}/dta_snl", f"{jax_name}/supervised", f"{jax_name}/pseudo_label"
+    if d in info and sup in info:
+      lines.append((f"{jax_name} dta_snl over supervised on the same B+U images",
+                    ratio(d, sup, "step_s"), ratio(d, sup, "step_s_best"), "%"))
+    if d in info and pl in info:
+      lines.append((f"{jax_name} dta_snl over pseudo_label (same network work)",
+                    ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"), "%"))
+    if jax_name == "jax" and "jax/dta_snl" in info and "jax+fastpool/dta_snl" in info:
+      lines.append(("dta_snl: jax+fastpool / jax images/s",
+                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s"),
+                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s_best"), "x"))
+  if "torch/dta_snl" in info and "torch/supervised" in info:
+    lines.append(("torch dta_snl over supervised",
+                  ratio("torch/dta_snl", "torch/supervised", "step_s"),
+                  ratio("torch/dta_snl", "torch/supervised", "step_s_best"), "%"))
+  for text, med, best, unit in lines:
+    if unit == "%":
+      print(f"  {text}: {100 * (med - 1):+.0f}%  [best rounds: {100 * (best - 1):+.0f}%]")
+    else:
+      print(f"  {text}: {med:.2f}x  [best rounds: {best:.2f}x]")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
