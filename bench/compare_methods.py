@@ -68,6 +68,9 @@ def parse_args(argv=None):
   p.add_argument("--workdir", default=None,
                  help="root of the per-run workdirs (default runs/compare_<time>)")
   p.add_argument("--out", default=None, help="markdown table path (default <workdir>/table.md)")
+  p.add_argument("--jobs", type=int, default=1,
+                 help="runs at once, each in its own process (wall times then include "
+                      "contention; default 1)")
   return p.parse_args(argv)
 
 
@@ -182,14 +185,15 @@ def format_cell(values, scale):
 def markdown_table(results, methods, context):
   """results: {method: [summary or {'error': str}]} -> markdown text."""
   lines = [f"# Method comparison: {context}", "",
-           "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " | runs |",
-           "|---|" + "---|" * (len(COLUMNS) + 1)]
+           "| method | " + " | ".join(h for h, _, _ in COLUMNS) + " | final top-1 per seed | runs |",
+           "|---|" + "---|" * (len(COLUMNS) + 2)]
   for method in methods:
-    runs = results.get(method, [])
+    runs = sorted(results.get(method, []), key=lambda r: r.get("seed", 0))
     ok = [r for r in runs if "error" not in r]
     cells = [format_cell([_get(g, r) for r in ok], scale) for _, g, scale in COLUMNS]
+    per_seed = ", ".join(f"{r['teacher']['final_top1'] * 100:.1f}" for r in ok) or "—"
     failed = len(runs) - len(ok)
-    lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)}"
+    lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_seed} | {len(ok)}"
                  + (f" ({failed} failed)" if failed else "") + " |")
   lines += ["", "Accuracies and rates in %, mean ± sample std over seeds. Mask rate and PL "
             "precision (kept pseudo-labels that are correct) are means over the last logging "
@@ -202,11 +206,35 @@ def markdown_table(results, methods, context):
   return "\n".join(lines) + "\n"
 
 
+def run_one(k, total, method, seed, config_json, workdir):
+  """One training run (also the unit of work of ``--jobs``); never raises."""
+  import ml_collections
+  from ssfer_jax import train
+  cfg = ml_collections.ConfigDict(json.loads(config_json))
+  print(f"[{k}/{total}] {method} seed {seed}: {cfg.train.num_steps} steps -> {workdir}",
+        file=sys.stderr, flush=True)
+  t0 = time.time()
+  try:
+    summary = train.run(cfg, workdir)
+    if "teacher" not in summary:
+      raise RuntimeError(f"run did not finish: {summary}")
+    summary.setdefault("wall_time_s", time.time() - t0)
+    summary["seed"] = seed
+  except Exception as e:  # keep going: one broken method must not lose the others
+    traceback.print_exc()
+    summary = {"seed": seed, "error": f"{type(e).__name__}: {e}"}
+  done = "failed" if "error" in summary else (
+      f"final {summary['teacher']['final_top1']:.4f}, best {summary['teacher']['best_top1']:.4f}")
+  print(f"[{k}/{total}] {method} seed {seed}: {done} ({time.time() - t0:.1f} s)",
+        file=sys.stderr, flush=True)
+  return summary
+
+
 def main(argv=None):
   args = parse_args(argv)
   path, _, variant = args.config.partition(":")
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  from ssfer_jax import algorithms, train
+  from ssfer_jax import algorithms
   unknown = [m for m in methods if m not in algorithms.names()]
   if unknown:
     raise SystemExit(f"--methods: unknown {unknown}; known: {algorithms.names()}")
@@ -224,41 +252,40 @@ def main(argv=None):
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
   results = {m: [] for m in methods}
-  total = len(methods) * len(seeds)
-  k = 0
-  context = None
-  for seed in seeds:            # seed-major: a partial table covers every method early
-    for method in methods:
-      k += 1
-      cfg = build_config(module, variant, method, overrides, args.steps, seed, args.vary_split)
-      if context is None:
-        context = (f"dataset {cfg.dataset.name}, {cfg.data.label_protocol} labels "
-                   f"({cfg.data.num_labels or cfg.data.labels_per_class} "
-                   f"{'total' if cfg.data.label_protocol == 'adacm' else 'per class'}), "
-                   f"{cfg.train.num_steps} steps, seeds {seeds}, config {args.config}")
-      workdir = os.path.join(root, method, f"seed_{seed}")
-      print(f"[{k}/{total}] {method} seed {seed}: {cfg.train.num_steps} steps -> {workdir}",
-            file=sys.stderr, flush=True)
-      t0 = time.time()
-      try:
-        summary = train.run(cfg, workdir)
-        if "teacher" not in summary:
-          raise RuntimeError(f"run did not finish: {summary}")
-        summary.setdefault("wall_time_s", time.time() - t0)
-        summary["seed"] = seed
-      except Exception as e:  # keep going: one broken method must not lose the others
-        traceback.print_exc()
-        summary = {"seed": seed, "error": f"{type(e).__name__}: {e}"}
-      results[method].append(summary)
-      done = "failed" if "error" in summary else (
-          f"final {summary['teacher']['final_top1']:.4f}, best {summary['teacher']['best_top1']:.4f}")
-      print(f"[{k}/{total}] {method} seed {seed}: {done} ({time.time() - t0:.1f} s)",
-            file=sys.stderr, flush=True)
-      table = markdown_table(results, methods, context)
-      with open(out, "w") as f:
-        f.write(table)
-      with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump({"context": context, "results": results}, f, indent=2, default=str)
+  jobs = [(seed, method) for seed in seeds for method in methods]  # seed-major: a partial
+  total = len(jobs)                                                # table covers every method
+  first = build_config(module, variant, methods[0], overrides, args.steps, seeds[0],
+                       args.vary_split)
+  context = (f"dataset {first.dataset.name}, {first.data.label_protocol} labels "
+             f"({first.data.num_labels or first.data.labels_per_class} "
+             f"{'total' if first.data.label_protocol == 'adacm' else 'per class'}), "
+             f"{first.train.num_steps} steps, seeds {seeds}, config {args.config}")
+  specs = []
+  for k, (seed, method) in enumerate(jobs, 1):
+    cfg = build_config(module, variant, method, overrides, args.steps, seed, args.vary_split)
+    specs.append((k, total, method, seed, cfg.to_json(), os.path.join(root, method, f"seed_{seed}")))
+  table = markdown_table(results, methods, context)
+
+  def record(summary, method):
+    nonlocal table
+    results[method].append(summary)
+    table = markdown_table(results, methods, context)
+    with open(out, "w") as f:
+      f.write(table)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+      json.dump({"context": context, "results": results}, f, indent=2, default=str)
+
+  if args.jobs <= 1:
+    for spec in specs:
+      record(run_one(*spec), spec[2])
+  else:
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(
+        args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = {pool.submit(run_one, *spec): spec[2] for spec in specs}
+      for fut in concurrent.futures.as_completed(futures):
+        record(fut.result(), futures[fut])
   print(table)
   print(f"table: {out}", file=sys.stderr)
   return 1 if any("error" in r for rs in results.values() for r in rs) else 0

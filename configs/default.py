@@ -21,6 +21,9 @@ def get_config(arg=None):
   c = base_config()
   set_algorithm(c, method)
   c.model.head_dropout = 0.0  # small CNN on 40 px: no head dropout (the FER configs keep 0.5)
+  c.train.num_steps = 3000
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
   c.data.labels_per_class = int(opts.get("labels", c.data.labels_per_class))
   c.train.num_steps = int(opts.get("steps", c.train.num_steps))
   return apply_ablations(c, ablations, source=SOURCE)

@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.num_train = 6000          # synthetic: training images
   c.dataset.num_test = 1500           # synthetic: test images
   c.dataset.render_size = 40          # synthetic: rendered side in pixels
+  c.dataset.nuisance = 0.3            # synthetic: scale of pose/colour/lighting/occlusion/noise
   c.dataset.builder_kwargs = ml_collections.ConfigDict()  # extra options for real-dataset builders
 
   c.data = ml_collections.ConfigDict()

@@ -70,7 +70,8 @@ class Dataset:
 def load_dataset(config) -> Dataset:
   name = config.dataset.name
   if name == "synthetic":
-    kw = dict(seed=config.dataset.seed, size=config.dataset.render_size)
+    kw = dict(seed=config.dataset.seed, size=config.dataset.render_size,
+              nuisance=config.dataset.nuisance)
     train = synthetic.make_split("train", config.dataset.num_train, **kw)
     test = synthetic.make_split("test", config.dataset.num_test, **kw)
     return Dataset(name, ArraySource(train["image"], train["label"]),

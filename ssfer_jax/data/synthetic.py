@@ -16,7 +16,9 @@ Each face shows its expression at a random intensity k in [k_min, 1] (k -> 0 loo
 neutral) with per-feature jitter, so classes overlap. Nuisances: identity (face
 shape, skin and background colour, eye spacing, mouth position), pose (in-plane
 rotation, translation, scale), lighting (directional gradient, brightness, contrast),
-occlusion (random bars/patches) and pixel noise. The class frequencies follow the
+occlusion (random bars/patches) and pixel noise. ``nuisance`` (``config.dataset.nuisance``,
+default 0.3) scales all their ranges: at 1.0 a small CNN with 10 labels per class stays at
+chance within a few thousand steps, at 0.3 it reaches about 57 % and all labels about 90 %. The class frequencies follow the
 RAF-DB basic training set (neutral 2524, happiness 4772, sadness 1982, surprise 1290,
 fear 281, disgust 717, anger 705), both for the train and the test split.
 
@@ -59,9 +61,13 @@ def _soft(d, width):
   return 1.0 / (1.0 + np.exp(np.clip(d / width, -30, 30)))
 
 
-def render(labels, rng, size: int = 40, k_min: float = 0.4, occlusion_p: float = 0.25,
-           noise_max: float = 0.08) -> np.ndarray:
-  """Draws one face per label. Returns uint8 (N, size, size, 3)."""
+def render(labels, rng, size: int = 40, k_min: float = 0.4, nuisance: float = 1.0) -> np.ndarray:
+  """Draws one face per label. Returns uint8 (N, size, size, 3).
+
+  ``nuisance`` in [0, 1] scales every nuisance range (pose, colour spread, lighting,
+  occlusion probability, noise); 0 draws grey-skinned, frontal, clean faces.
+  """
+  q = float(nuisance)
   n = len(labels)
   f32 = np.float32
   u = lambda lo, hi, shape=(n,): rng.uniform(lo, hi, shape).astype(f32)
@@ -76,13 +82,13 @@ def render(labels, rng, size: int = 40, k_min: float = 0.4, occlusion_p: float =
   fa, fb = u(0.62, 0.78), u(0.76, 0.92)
   eye_dx, eye_y = u(0.24, 0.36), u(-0.30, -0.16)
   mouth_y, mouth_hw = u(0.36, 0.48), u(0.24, 0.32) * np.clip(mwidth, 0.5, 1.6)
-  skin = rng.uniform(0.35, 0.95, (n, 3)).astype(f32) * u(0.8, 1.0)[:, None]
-  background = rng.uniform(0.0, 1.0, (n, 3)).astype(f32)
+  skin = 0.65 + q * (rng.uniform(0.35, 0.95, (n, 3)).astype(f32) * u(0.8, 1.0)[:, None] - 0.65)
+  background = 0.3 + q * (rng.uniform(0.0, 1.0, (n, 3)).astype(f32) - 0.3)
   feature_col = rng.uniform(0.0, 0.25, (n, 3)).astype(f32)
   # Pose: pixel -> face coordinates (inverse similarity transform).
-  theta = np.deg2rad(u(-20, 20))
-  scale = u(0.85, 1.1)
-  tx, ty = u(-0.08, 0.08), u(-0.08, 0.08)
+  theta = np.deg2rad(u(-20, 20) * q)
+  scale = 1.0 + q * (u(0.85, 1.1) - 1.0)
+  tx, ty = u(-0.08, 0.08) * q, u(-0.08, 0.08) * q
   grid = (np.arange(size, dtype=f32) + 0.5) / size * 2 - 1
   py, px = np.meshgrid(grid, grid, indexing="ij")
   px = px[None] - tx[:, None, None]
@@ -126,17 +132,17 @@ def render(labels, rng, size: int = 40, k_min: float = 0.4, occlusion_p: float =
   img = img * (1 - dark) + feature_col[:, None, None, :] * dark
   # Lighting: directional gradient, brightness and contrast.
   phi = u(0, 2 * np.pi)
-  grad = (np.cos(phi)[:, None, None] * x + np.sin(phi)[:, None, None] * y) * e(u(0.0, 0.5))
+  grad = (np.cos(phi)[:, None, None] * x + np.sin(phi)[:, None, None] * y) * e(u(0.0, 0.5) * q)
   img = img * (1 + grad[..., None])
-  img = (img - 0.5) * e(u(0.6, 1.3))[..., None] + 0.5 + e(u(-0.15, 0.15))[..., None]
+  img = (img - 0.5) * e(1.0 + q * (u(0.6, 1.3) - 1.0))[..., None] + 0.5 + e(q * u(-0.15, 0.15))[..., None]
   # Occlusion: a bar or patch of random colour, in pixel space.
-  occluded = rng.uniform(size=n) < occlusion_p
+  occluded = rng.uniform(size=n) < 0.25 * q
   gy, gx = np.meshgrid(grid, grid, indexing="ij")
   cy, cx = u(-0.7, 0.7), u(-0.7, 0.7)
   hy, hx = u(0.08, 0.35), u(0.08, 0.6)
   patch = ((np.abs(gy[None] - e(cy)) < e(hy)) & (np.abs(gx[None] - e(cx)) < e(hx)) & e(occluded))
   img = np.where(patch[..., None], rng.uniform(0, 1, (n, 1, 1, 3)).astype(f32), img)
-  img = img + rng.normal(0, 1, img.shape).astype(f32) * e(u(0.0, noise_max))[..., None]
+  img = img + rng.normal(0, 1, img.shape).astype(f32) * e(u(0.0, 0.08) * q)[..., None]
   return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
