@@ -150,7 +150,7 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
         opt_state=opt_state, algo=aux["algo"])
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
-               "grad_norm": optax.global_norm(grads), "ema_decay": decay,
+               "grad_norm": optax.tree.norm(grads), "ema_decay": decay,
                "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32)}
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(n_updates), jnp.float32)

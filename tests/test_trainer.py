@@ -142,3 +142,37 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
   ckpt.close()
   state = _params(tmp_path, config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_sigkill_midway_then_same_command_resumes(tmp_path):
+  """The real CLI, killed with SIGKILL after its first checkpoint, resumes when re-run."""
+  import os
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "ssfer_jax.main", "--config=configs/default.py",
+         f"--workdir={workdir}", "--config.dataset.num_train=240", "--config.dataset.num_test=64",
+         "--config.dataset.render_size=24", "--config.data.image_size=24",
+         "--config.data.batch_size=8", "--config.data.uratio=2", "--config.data.labels_per_class=4",
+         "--config.eval.batch_size=32", "--config.train.num_steps=120",
+         "--config.train.checkpoint_every=5", "--config.train.eval_every=120",
+         "--config.train.log_every=5", "--config.train.async_checkpoint=false",
+         "--config.mesh.num_devices=1"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 180
+  try:
+    while not (workdir / "checkpoints" / "10").exists():
+      assert proc.poll() is None, proc.communicate()[1][-2000:]
+      assert time.time() < deadline, "no checkpoint within 180 s"
+      time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "summary.json").exists()
+  res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resuming from the checkpoint at step" in res.stderr
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["num_steps"] == 120
+  assert not (workdir / "config.previous.json").exists()  # the very same command
