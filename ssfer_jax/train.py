@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -52,6 +53,9 @@ class _Interrupted(Exception):
 
 
 def ensure_writable(workdir) -> epath.Path:
+  """The workdir as an absolute path (orbax needs one), created and checked writable."""
+  if "://" not in str(workdir):  # local path (cloud buckets like gs://... are absolute)
+    workdir = os.path.abspath(os.fspath(workdir))
   workdir = epath.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)

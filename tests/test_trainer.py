@@ -77,11 +77,14 @@ def test_eight_devices_equal_one_device():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_loss_falls_on_a_tiny_problem(tmp_path):
+def test_loss_falls_on_a_tiny_problem(tmp_path, monkeypatch):
   config = tiny_config("supervised", **{"train.num_steps": 40, "train.log_every": 10,
-                                        "train.eval_every": 40, "train.checkpoint_every": 40,
+                                        "train.eval_every": 40, "train.checkpoint_every": 20,
                                         "model.head_dropout": 0.0})
-  train.run(config, tmp_path)
+  monkeypatch.chdir(tmp_path)
+  train.run(config, "relative/workdir")  # a relative --workdir works (orbax needs absolute)
+  tmp_path = tmp_path / "relative" / "workdir"
+  assert (tmp_path / "checkpoints" / "40").exists()
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [r["loss"] for r in rows if r["kind"] == "train"]
   assert len(losses) == 4
