@@ -302,18 +302,22 @@ class TorchRunner:
     self.ref.synchronize(self.dev)
 
 
-def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int) -> dict:
-  """{name: [seconds per step, one per round]}, the runners alternating within each round."""
+def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int):
+  """({name: [wall seconds per step, one per round]}, {name: [process CPU seconds per
+  step]}), the runners alternating within each round. CPU seconds (all threads) are less
+  sensitive than wall time to other processes' load, but include spin-waiting."""
   for r in runners.values():
     r.run(warmup)
-  out = {name: [] for name in runners}
+  wall = {name: [] for name in runners}
+  cpu = {name: [] for name in runners}
   for _ in range(rounds):
     for name, r in runners.items():
       time.sleep(_SETTLE.value)
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       r.run(steps)
-      out[name].append((time.perf_counter() - t0) / steps)
-  return out
+      wall[name].append((time.perf_counter() - t0) / steps)
+      cpu[name].append((time.process_time() - c0) / steps)
+  return wall, cpu
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,11 +529,12 @@ def main(argv):
                   f"{r.flops / 1e9:.1f} GFLOP/step (XLA cost analysis)", flush=True)
           if "torch" in _IMPLS.value and mode in ("dta_snl", "supervised"):
             runners[f"torch/{mode}"] = TorchRunner(mode, size, b, uratio)
-        times = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value)
+        times, cpu = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value)
       for name, ts in times.items():
         med = statistics.median(ts)
         rec = info.setdefault(name, {})
         rec.update(step_s=med, step_s_best=min(ts), step_s_rounds=ts,
+                   cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name],
                    images_per_s=b * (1 + uratio) / med,
                    images_per_s_best=b * (1 + uratio) / min(ts))
         if "flops_per_step" in rec:
@@ -580,13 +585,13 @@ def _print_step_table(size, info, peak):
   in brackets: under a shared machine's load the best round is the least disturbed)."""
   print(f"\n{size} px, B={_BATCH.value}, U={_BATCH.value * _URATIO.value}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps:")
-  print(f"  {'step':<26}{'s/step':>8}{'images/s':>10}{'best img/s':>11}{'compile s':>10}"
-        f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'% peak':>8}")
+  print(f"  {'step':<26}{'s/step':>8}{'CPU s':>7}{'images/s':>10}{'best img/s':>11}"
+        f"{'compile s':>10}{'GFLOP/step':>11}{'GFLOP/s':>9}{'% peak':>8}")
   ref = peak.get("matmul_flops_per_s") if peak else None
   for name, r in info.items():
     fl = r.get("flops_per_step")
     fps = r.get("flops_per_s")
-    print(f"  {name:<26}{r['step_s']:>8.3f}{_fmt_rate(r['images_per_s']):>10}"
+    print(f"  {name:<26}{r['step_s']:>8.3f}{r['cpu_s']:>7.2f}{_fmt_rate(r['images_per_s']):>10}"
           f"{_fmt_rate(r['images_per_s_best']):>11}"
           + (f"{r['compile_s']:>10.1f}{fl / 1e9:>11.1f}{fps / 1e9:>9.1f}" if fl else " " * 30)
           + (f"{100 * fps / ref:>7.0f}%" if fl and ref else ""))
@@ -600,27 +605,32 @@ def _print_step_table(size, info, peak):
       j, t = f"{jax_name}/{mode}", f"torch/{mode}"
       if j in info and t in info:
         lines.append((f"{mode}: {jax_name} / torch images/s", ratio(t, j, "step_s"),
-                      ratio(t, j, "step_s_best"), "x"))
+                      ratio(t, j, "step_s_best"), ratio(t, j, "cpu_s"), "x"))
     d, sup, pl = f"{jax_name}/dta_snl", f"{jax_name}/supervised", f"{jax_name}/pseudo_label"
     if d in info and sup in info:
       lines.append((f"{jax_name} dta_snl over supervised on the same B+U images",
-                    ratio(d, sup, "step_s"), ratio(d, sup, "step_s_best"), "%"))
+                    ratio(d, sup, "step_s"), ratio(d, sup, "step_s_best"),
+                    ratio(d, sup, "cpu_s"), "%"))
     if d in info and pl in info:
       lines.append((f"{jax_name} dta_snl over pseudo_label (same network work)",
-                    ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"), "%"))
+                    ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"),
+                    ratio(d, pl, "cpu_s"), "%"))
     if jax_name == "jax" and "jax/dta_snl" in info and "jax+fastpool/dta_snl" in info:
       lines.append(("dta_snl: jax+fastpool / jax images/s",
                     ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s"),
-                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s_best"), "x"))
+                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s_best"),
+                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "cpu_s"), "x"))
   if "torch/dta_snl" in info and "torch/supervised" in info:
     lines.append(("torch dta_snl over supervised",
                   ratio("torch/dta_snl", "torch/supervised", "step_s"),
-                  ratio("torch/dta_snl", "torch/supervised", "step_s_best"), "%"))
-  for text, med, best, unit in lines:
+                  ratio("torch/dta_snl", "torch/supervised", "step_s_best"),
+                  ratio("torch/dta_snl", "torch/supervised", "cpu_s"), "%"))
+  for text, med, best, cpu, unit in lines:
     if unit == "%":
-      print(f"  {text}: {100 * (med - 1):+.0f}%  [best rounds: {100 * (best - 1):+.0f}%]")
+      print(f"  {text}: {100 * (med - 1):+.0f}%  [best rounds: {100 * (best - 1):+.0f}%, "
+            f"CPU time: {100 * (cpu - 1):+.0f}%]")
     else:
-      print(f"  {text}: {med:.2f}x  [best rounds: {best:.2f}x]")
+      print(f"  {text}: {med:.2f}x  [best rounds: {best:.2f}x, CPU time: {cpu:.2f}x]")
   sys.stdout.flush()
 
 
