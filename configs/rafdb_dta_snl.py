@@ -20,7 +20,8 @@ Variant arguments (after ':', comma-separated, combinable):
   steps=N             optimizer steps (default 20000)
 """
 
-from ssfer_jax.config import apply_ablations, base_config, parse_config_arg, set_algorithm
+from ssfer_jax.config import (apply_ablations, base_config, fer_recipe, parse_config_arg,
+                               set_algorithm)
 
 SOURCE = "configs/rafdb_dta_snl.py"
 
@@ -32,29 +33,11 @@ def get_config(arg=None):
   set_algorithm(c, method)
   c.dataset.name = "rafdb"
 
-  c.data.image_size = int(opts.get("size", 112))
-  if c.data.image_size not in (112, 224):
-    raise ValueError(f"{SOURCE}: size={c.data.image_size}; use size=112 or size=224")
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
+  fer_recipe(c, image_size=int(opts.get("size", 112)), source=SOURCE)
   c.data.label_protocol = "adacm"
   c.data.num_labels = int(opts.get("labels", 4000))
-  c.data.class_balanced = True
-  c.data.batch_size = 32
-  c.data.uratio = 3
-  c.data.crop_pad = 8
-
-  c.model.backbone = "resnet18"
-  c.model.head_dropout = 0.5
-  c.model.attention = True
-  c.model.feature_dropout = 0.5
-
-  c.optim.name = "adam"
-  c.optim.lr = 5e-4
-  c.ema.decay = 0.999
 
   c.train.num_steps = int(opts.get("steps", 20000))
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
-  c.train.log_every = 100
   return apply_ablations(c, ablations, source=SOURCE)
