@@ -14,7 +14,7 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array            # () int32, number of optimizer steps taken
+  step: jax.Array            # () int32, train steps (batches) taken; the optimizer updates every accum_steps
   params: PyTree             # student parameters
   batch_stats: PyTree        # student BatchNorm statistics
   ema_params: PyTree         # teacher parameters (EMA of the student)
