@@ -66,7 +66,7 @@ def _run_all(cmds, env_list, cwd, deadline=DEADLINE_S):
 def _config():
   from conftest import tiny_config
   return tiny_config("dta_snl", **{
-      "algo.threshold_init": 0.15, "algo.threshold_min": 0.1, "algo.threshold_momentum": 0.5,
+      "algo.threshold_init": 0.6, "algo.threshold_min": 0.1, "algo.threshold_momentum": 0.5,
       "algo.k": 3, "algo.neg_rampup_steps": 1, "optim.name": "sgd", "optim.lr": 0.05,
       "mesh.num_devices": 0, "mesh.fsdp": 2})
 
