@@ -179,3 +179,11 @@ def test_sigkill_midway_then_same_command_resumes(tmp_path):
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["num_steps"] == 120
   assert not (workdir / "config.previous.json").exists()  # the very same command
+
+
+def test_rerunning_a_finished_run_keeps_its_summary(tmp_path):
+  config = tiny_config("fixmatch", **{"train.num_steps": 4})
+  first = train.run(config, tmp_path)
+  again = train.run(config, tmp_path)  # nothing left to train: re-evaluates the final state
+  assert again["teacher"] == first["teacher"]
+  assert again["wall_time_s"] == first["wall_time_s"] and again["train"] == first["train"]

@@ -1,0 +1,75 @@
+"""The DTA + SNL ablation on one dataset and label budget: supervised, FixMatch, DTA alone,
+SNL alone, DTA + SNL, and DTA + SNL with local attention and feature-map dropout, N seeds
+each, through the real trainer; prints a markdown table (mean ± std and per seed).
+
+    python bench/ablation_dta_snl.py --config=configs/default.py --seeds=3 --workdir=runs/bench_issue3
+
+Rows are (config variant, method, overrides) of the same base config, so every row shares
+the data, model, schedule and seeds; only the method part changes:
+
+  supervised        ``:supervised``                    labeled data only
+  fixmatch          ``:fixmatch``                      fixed threshold 0.95, no SNL
+  dta_only          ``:no_snl`` with dta_snl            dynamic per-class thresholds only
+  snl_only          ``:fixed_threshold`` with dta_snl   fixed 0.95 threshold + SNL
+  dta_snl           dta_snl                             the method
+  dta_snl_att_drop  dta_snl + ``model.attention=True, model.feature_dropout=0.5``
+
+Each run lives in ``<workdir>/<row>/<method>/seed_<k>`` (the layout of
+``compare_methods.py``); running the command again re-reads finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare_methods as cm  # noqa: E402  (bench/ is not a package)
+
+ROWS = (  # (row name, variant, method, overrides)
+    ("supervised", "", "supervised", ()),
+    ("fixmatch", "", "fixmatch", ()),
+    ("dta_only", "no_snl", "dta_snl", ()),
+    ("snl_only", "fixed_threshold", "dta_snl", ()),
+    ("dta_snl", "", "dta_snl", ()),
+    ("dta_snl_att_drop", "", "dta_snl", (("model.attention", True), ("model.feature_dropout", 0.5))),
+)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--config", default="configs/default.py", help="base config file (no variant)")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--steps", type=int, default=None, help="default: the config's")
+  p.add_argument("--rows", default=",".join(r[0] for r in ROWS))
+  p.add_argument("--workdir", default="runs/ablation_dta_snl")
+  args = p.parse_args(argv)
+  module = cm.load_config_module(args.config)
+  rows = [r for r in ROWS if r[0] in args.rows.split(",")]
+  seeds = list(range(args.seeds))
+  results = {name: [] for name, *_ in rows}
+  specs = []
+  for seed in seeds:
+    for name, variant, method, overrides in rows:
+      cfg = cm.build_config(module, variant, method, list(overrides), args.steps, seed, False)
+      specs.append((name, method, seed, cfg.to_json(),
+                    os.path.join(args.workdir, name, method, f"seed_{seed}")))
+  first = cm.build_config(module, "", rows[0][2], [], args.steps, 0, False)
+  context = (f"DTA + SNL ablation, dataset {first.dataset.name}, "
+             f"{first.data.labels_per_class} labels per class, {first.train.num_steps} steps, "
+             f"seeds {seeds}, config {args.config}")
+  out = os.path.join(args.workdir, "table.md")
+  os.makedirs(args.workdir, exist_ok=True)
+  for k, (name, method, seed, cfg_json, workdir) in enumerate(specs, 1):
+    summary = cm.run_one(k, len(specs), f"{name} ({method})", seed, cfg_json, workdir)
+    results[name].append(summary)
+    table = cm.markdown_table(results, [r[0] for r in rows], context)
+    with open(out, "w") as f:
+      f.write(table)
+  print(table)
+  return 1 if any("error" in r for rs in results.values() for r in rs) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
