@@ -89,7 +89,7 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     sizes = [x.shape[0] for x in inputs]
 
     teacher = {}
-    if pseudo_views and not from_student or (algorithm.needs_teacher_on_labeled and not from_student):
+    if not from_student and (pseudo_views or algorithm.needs_teacher_on_labeled):
       t_names = list(pseudo_views) + (["lb"] if algorithm.needs_teacher_on_labeled else [])
       t_inputs = [x_lb if v == "lb" else norm(batch["x_" + v]) for v in t_names]
       t_out = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},

@@ -117,10 +117,9 @@ def _accumulate(acc, metrics, step):
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   bad = jnp.where(metrics["nonfinite"] > 0, step, jnp.iinfo(jnp.int32).max)
   if acc is None:
-    return {"sum": jax.tree.map(f32, metrics), "n": jnp.float32(1.0), "bad_step": bad,
-            "last": metrics}
+    return {"sum": jax.tree.map(f32, metrics), "n": jnp.float32(1.0), "bad_step": bad}
   return {"sum": jax.tree.map(lambda a, m: a + f32(m), acc["sum"], metrics),
-          "n": acc["n"] + 1.0, "bad_step": jnp.minimum(acc["bad_step"], bad), "last": metrics}
+          "n": acc["n"] + 1.0, "bad_step": jnp.minimum(acc["bad_step"], bad)}
 
 
 class Trainer:
