@@ -74,9 +74,9 @@ _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per implementation per ro
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
 _CHANNELS_LAST = flags.DEFINE_bool("torch_channels_last", True,
                                    "torch: channels_last layout (faster with oneDNN on CPU).")
-_MAXPOOL = flags.DEFINE_list("jax_maxpool", ["xla", "fast"],
-                             "jax variants: 'xla' (flax nn.max_pool, as the model is) and/or "
-                             "'fast' (max_pool_fast below patched in).")
+_MAXPOOL = flags.DEFINE_list("jax_maxpool", ["fast"],
+                             "jax variants, config.model.max_pool: 'fast' (the models' default, "
+                             "ssfer_jax/models/pooling.py) and/or 'xla' (flax nn.max_pool).")
 _SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
 _FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
@@ -162,109 +162,24 @@ def random_batch(rng, config, algorithm, num_classes=NUM_CLASSES) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# A max-pool whose gradient avoids XLA:CPU's select_and_scatter expansion.
-
-def _max_pool_fast_impl():
-  import functools
-  import jax
-  import jax.numpy as jnp
-  from jax import lax
-
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-  def max_pool_fast(x, window, strides, padding):
-    """NHWC max-pool (``flax.linen.max_pool`` semantics: explicit padding pads with -inf)
-    whose VJP sends each output gradient to the *first* maximal element of its window in
-    row-major order, as XLA's select_and_scatter does, but computes it with strided
-    slices, compares and interior-padded adds (one fused elementwise loop) instead of the
-    variadic reduce-window + iota + scatter that XLA:CPU expands select_and_scatter into
-    (~20% of the ResNet-18 step on CPU). Overlapping windows add their contributions in a
-    different order: results agree to float32 rounding (same arg-max positions)."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,), (1,) + strides + (1,),
-                             ((0, 0),) + tuple(padding) + ((0, 0),))
-
-  def fwd(x, window, strides, padding):
-    y = max_pool_fast(x, window, strides, padding)
-    return y, (x, y)
-
-  def bwd(window, strides, padding, res, g):
-    x, y = res
-    (p0, p1), (q0, q1) = padding
-    xp = jnp.pad(x, ((0, 0), (p0, p1), (q0, q1), (0, 0)), constant_values=-jnp.inf)
-    n, hp, wp, c = xp.shape
-    oh, ow = y.shape[1:3]
-    sh, sw = strides
-    zero = jnp.zeros((), g.dtype)
-    claimed = jnp.zeros(y.shape, jnp.bool_)
-    dxp = jnp.zeros(xp.shape, g.dtype)
-    for di in range(window[0]):
-      for dj in range(window[1]):
-        xs = lax.slice(xp, (0, di, dj, 0),
-                       (n, di + (oh - 1) * sh + 1, dj + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
-        hit = (xs == y) & ~claimed
-        claimed = claimed | hit
-        dxp = dxp + lax.pad(jnp.where(hit, g, zero), zero,
-                            ((0, 0, 0), (di, hp - di - (oh - 1) * sh - 1, sh - 1),
-                             (dj, wp - dj - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)))
-    return (dxp[:, p0:hp - p1, q0:wp - q1, :],)
-
-  max_pool_fast.defvjp(fwd, bwd)
-  return max_pool_fast
-
-
-def max_pool_fast(x, window_shape, strides=None, padding="VALID"):
-  """Drop-in for ``flax.linen.max_pool`` (NHWC, explicit padding pairs) with the fast VJP."""
-  if padding == "VALID":
-    padding = ((0, 0),) * len(window_shape)
-  elif isinstance(padding, str):
-    raise ValueError("max_pool_fast takes 'VALID' or explicit ((lo, hi), (lo, hi)) padding")
-  global _MAX_POOL_FAST
-  if _MAX_POOL_FAST is None:
-    _MAX_POOL_FAST = _max_pool_fast_impl()
-  strides = tuple(strides or (1,) * len(window_shape))
-  return _MAX_POOL_FAST(x, tuple(window_shape), strides, tuple(tuple(p) for p in padding))
-
-
-_MAX_POOL_FAST = None
-
-
-class patched_max_pool:
-  """Context: ``flax.linen.max_pool`` is ``max_pool_fast`` while models are traced."""
-
-  def __init__(self, enabled=True):
-    self.enabled = enabled
-
-  def __enter__(self):
-    import flax.linen as nn
-    self.old = nn.max_pool
-    if self.enabled:
-      nn.max_pool = max_pool_fast
-    return self
-
-  def __exit__(self, *exc):
-    import flax.linen as nn
-    nn.max_pool = self.old
-
-
-# ---------------------------------------------------------------------------------------
 # Runners: each returns a callable doing n steps and waiting for them.
 
 class JaxRunner:
   """The Trainer's jitted train step, compiled ahead of time (timed), fed as the loop feeds it."""
 
-  def __init__(self, mode, size, b, uratio, workdir, seed=0, fast_maxpool=False):
+  def __init__(self, mode, size, b, uratio, workdir, seed=0, max_pool="fast"):
     import jax
     from ssfer_jax import parallel, train
     self.jax, self.parallel = jax, parallel
     self.config = bench_config(mode, size, b, uratio)
+    self.config.model.max_pool = max_pool
     self.trainer = train.Trainer(self.config, workdir)
     rng = np.random.default_rng(seed)
     self.host = [random_batch(rng, self.config, self.trainer.algorithm) for _ in range(2)]
     self.state = self.trainer.fresh_state()
     batch = parallel.global_batch(self.host[0], self.trainer.batch_sharding)
     t0 = time.perf_counter()
-    with patched_max_pool(fast_maxpool):   # the model is traced inside lower()
-      lowered = self.trainer.train_step.lower(self.state, batch)
-    self.compiled = lowered.compile()
+    self.compiled = self.trainer.train_step.lower(self.state, batch).compile()
     self.compile_s = time.perf_counter() - t0
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -449,7 +364,7 @@ def load_config_arg(arg: str):
   return mod.get_config(variant or None)
 
 
-def time_loop(config, steps, workdir, fast_maxpool=False) -> dict:
+def time_loop(config, steps, workdir) -> dict:
   """steps/s of the input pipeline alone, the step alone and the loop's per-step work."""
   import jax
   from ssfer_jax import parallel, train
@@ -458,10 +373,9 @@ def time_loop(config, steps, workdir, fast_maxpool=False) -> dict:
   batches = pipeline.TrainBatches(t.train_data, config, t.algorithm, t.dataset.channels)
   state = t.fresh_state()
   dev_batch = parallel.global_batch(next(batches), t.batch_sharding)
-  with patched_max_pool(fast_maxpool):
-    state, m = t.train_step(state, dev_batch)          # traces and compiles
+  state, m = t.train_step(state, dev_batch)          # traces and compiles
   jax.block_until_ready((state, m))
-  out = {"config": _LOOP_CONFIG.value, "maxpool": "fast" if fast_maxpool else "xla",
+  out = {"config": _LOOP_CONFIG.value, "maxpool": config.model.max_pool,
          "batch": config.data.batch_size,
          "uratio": config.data.uratio if t.algorithm.uses_unlabeled else 0,
          "image_size": config.data.image_size, "backbone": config.model.backbone,
@@ -520,9 +434,9 @@ def main(argv):
       with tempfile.TemporaryDirectory() as tmp:
         for mode in _MODES.value:
           for pool in (_MAXPOOL.value if "jax" in _IMPLS.value else []):
-            name = f"jax/{mode}" if pool == "xla" else f"jax+fastpool/{mode}"
+            name = f"jax/{mode}" if pool == "fast" else f"jax+xlapool/{mode}"
             r = JaxRunner(mode, size, b, uratio, os.path.join(tmp, name.replace("/", "_")),
-                          fast_maxpool=(pool == "fast"))
+                          max_pool=pool)
             runners[name] = r
             info[name] = {"compile_s": r.compile_s, "flops_per_step": r.flops}
             print(f"  {size}px {name}: compiled in {r.compile_s:.1f} s, "
@@ -565,8 +479,9 @@ def main(argv):
     for pool in _MAXPOOL.value:
       config = load_config_arg(_LOOP_CONFIG.value)
       config.mesh.num_devices = 1
+      config.model.max_pool = pool
       with tempfile.TemporaryDirectory() as tmp:
-        r = time_loop(config, _LOOP_STEPS.value, tmp, fast_maxpool=(pool == "fast"))
+        r = time_loop(config, _LOOP_STEPS.value, tmp)
       results["loop"].append(r)
       print(f"\nloop split, {r['config']} ({r['backbone']}, {r['image_size']} px, "
             f"B={r['batch']}, uratio={r['uratio']}, num_workers={r['num_workers']}, "
@@ -600,7 +515,7 @@ def _print_step_table(size, info, peak):
     return info[a][key] / info[b][key]
 
   lines = []
-  for jax_name in ("jax", "jax+fastpool"):
+  for jax_name in ("jax", "jax+xlapool"):
     for mode in ("dta_snl", "supervised"):
       j, t = f"{jax_name}/{mode}", f"torch/{mode}"
       if j in info and t in info:
@@ -615,11 +530,11 @@ def _print_step_table(size, info, peak):
       lines.append((f"{jax_name} dta_snl over pseudo_label (same network work)",
                     ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"),
                     ratio(d, pl, "cpu_s"), "%"))
-    if jax_name == "jax" and "jax/dta_snl" in info and "jax+fastpool/dta_snl" in info:
-      lines.append(("dta_snl: jax+fastpool / jax images/s",
-                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s"),
-                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "step_s_best"),
-                    ratio("jax/dta_snl", "jax+fastpool/dta_snl", "cpu_s"), "x"))
+    if jax_name == "jax" and "jax/dta_snl" in info and "jax+xlapool/dta_snl" in info:
+      lines.append(("dta_snl: jax (fast max-pool) / jax+xlapool images/s",
+                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "step_s"),
+                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "step_s_best"),
+                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "cpu_s"), "x"))
   if "torch/dta_snl" in info and "torch/supervised" in info:
     lines.append(("torch dta_snl over supervised",
                   ratio("torch/dta_snl", "torch/supervised", "step_s"),

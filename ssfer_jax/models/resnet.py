@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssfer_jax.models import pooling
+
 ModuleDef = Any
 
 
@@ -69,6 +71,7 @@ class ResNet(nn.Module):
   block_cls: ModuleDef
   width: int = 64
   dtype: Any = jnp.float32
+  max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -78,7 +81,7 @@ class ResNet(nn.Module):
                              epsilon=1e-5, dtype=self.dtype)
     x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), impl=self.max_pool)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssfer_jax.models import pooling
+
 
 class SmallCNN(nn.Module):
   """A (conv-BN-ReLU) stem + 2x2 max-pool, then stages of (conv-BN-ReLU) x2 with a 2x2
@@ -14,6 +16,7 @@ class SmallCNN(nn.Module):
   input gives 10x10 with the default three widths)."""
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
+  max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -24,5 +27,5 @@ class SmallCNN(nn.Module):
                          name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
       if i < len(self.widths) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pooling.max_pool(x, (2, 2), strides=(2, 2), impl=self.max_pool)
     return x
