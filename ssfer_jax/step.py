@@ -79,6 +79,7 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
   # in FixMatch's reference code) and are stop-gradiented.
   extra_views = [v for v in pseudo_views if from_student and v not in student_views]
   norm = functools.partial(normalize, mean=mean, std=std)
+  teacher_on_labeled = algorithm.uses_unlabeled and algorithm.teacher_on_labeled(algo_cfg)
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -89,8 +90,8 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     sizes = [x.shape[0] for x in inputs]
 
     teacher = {}
-    if not from_student and (pseudo_views or algorithm.needs_teacher_on_labeled):
-      t_names = list(pseudo_views) + (["lb"] if algorithm.needs_teacher_on_labeled else [])
+    if not from_student and (pseudo_views or teacher_on_labeled):
+      t_names = list(pseudo_views) + (["lb"] if teacher_on_labeled else [])
       t_inputs = [x_lb if v == "lb" else norm(batch["x_" + v]) for v in t_names]
       t_out = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
                           jnp.concatenate(t_inputs), train=False)

@@ -193,3 +193,43 @@ def test_through_the_train_step():
   assert new_state.algo["tau"].shape == (3,)
   assert 0.0 <= metrics["algo/neg_selected_rate"] <= 1.0
   assert np.isfinite(metrics["algo/loss_neg"])
+
+
+@pytest.mark.parametrize("source,use_dta,needs", [("labeled_correct", True, True),
+                                                   ("unlabeled", True, False),
+                                                   ("labeled_correct", False, False)])
+def test_teacher_runs_on_the_labeled_batch_only_when_the_statistic_reads_it(source, use_dta,
+                                                                          needs):
+  """threshold_source='unlabeled' (and the fixed-threshold ablation) skip the teacher's pass
+  over the labeled batch: the step's result is unchanged and XLA counts fewer FLOPs."""
+  import dataclasses
+  from ssfer_jax.config import base_config, set_algorithm
+  from ssfer_jax.models import build_model
+  from ssfer_jax.step import make_train_step
+
+  c = set_algorithm(base_config(), "dta_snl")
+  c.algo.threshold_source, c.algo.use_dta = source, use_dta
+  c.model.head_dropout = 0.0
+  algo = get_algorithm("dta_snl")
+  assert algo.teacher_on_labeled(c.algo) is needs
+  assert get_algorithm("dtm").teacher_on_labeled(c.algo) is needs
+  model, tx = build_model(c.model, 3), optax.adam(1e-3)
+  state = state_lib.create(model, tx, algo, c.algo, rng=jax.random.PRNGKey(0),
+                           image_shape=(8, 8, 3), num_classes=3, num_unlabeled=8)
+  rng = np.random.default_rng(0)
+  batch = {"x_lb": rng.integers(0, 256, (4, 8, 8, 3), np.uint8), "y_lb": np.array([0, 1, 2, 0]),
+           "x_ulb_w": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
+           "x_ulb_s": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
+           "idx_ulb": np.arange(8), "y_ulb": np.array([0, 1, 2, -1, 0, 1, 2, -1])}
+  forced = dataclasses.replace(algo, needs_teacher_on_labeled=True)
+  steps = {name: jax.jit(make_train_step(model, tx, a, c, steps_per_epoch=4))
+           for name, a in (("auto", algo), ("forced", forced))}
+  flops = {name: f.lower(state, batch).compile().cost_analysis() for name, f in steps.items()}
+  flops = {k: (v[0] if isinstance(v, (list, tuple)) else v)["flops"] for k, v in flops.items()}
+  (s_auto, m_auto), (s_forced, m_forced) = steps["auto"](state, batch), steps["forced"](state, batch)
+  if needs:
+    assert flops["auto"] == flops["forced"]
+  else:
+    assert flops["auto"] < flops["forced"]
+  for a, b in zip(jax.tree.leaves((s_auto, m_auto)), jax.tree.leaves((s_forced, m_forced))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

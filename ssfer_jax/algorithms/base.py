@@ -21,7 +21,7 @@ device and equal to a one-device run on the same global batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,9 @@ class Algorithm:
   unlabeled_loss: (state, StepInputs, cfg) -> UnlabeledOutput. ``None`` for labeled-only.
   student_views: unlabeled views the student runs on with gradient.
   pseudo_views: unlabeled views the pseudo-label source runs on.
+  needs_teacher_on_labeled: whether ``StepInputs.teacher_logits_lb`` is used: a bool, or a
+    function of ``config.algo`` (DTA needs it only for the 'labeled_correct' statistic);
+    read it through ``teacher_on_labeled(algo_cfg)``.
   labeled_supervision_weight: multiplies lambda_x (Ada-CM uses 0.5).
   """
   name: str
@@ -80,10 +83,15 @@ class Algorithm:
                                     UnlabeledOutput]]
   student_views: tuple[str, ...] = ("ulb_s",)
   pseudo_views: tuple[str, ...] = ("ulb_w",)
-  needs_teacher_on_labeled: bool = False
+  needs_teacher_on_labeled: Union[bool, Callable[[ml_collections.ConfigDict], bool]] = False
   uses_unlabeled: bool = True
   uses_all_labels: bool = False
   labeled_supervision_weight: float = 1.0
+
+  def teacher_on_labeled(self, algo_cfg) -> bool:
+    """Whether the pseudo-label source must also run on the labeled batch."""
+    need = self.needs_teacher_on_labeled
+    return bool(need(algo_cfg) if callable(need) else need)
 
   @property
   def views(self) -> tuple[str, ...]:

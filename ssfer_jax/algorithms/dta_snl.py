@@ -153,7 +153,14 @@ def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
                          metrics=metrics)
 
 
+def needs_teacher_on_labeled(cfg) -> bool:
+  """Only the 'labeled_correct' statistic reads the teacher's labeled-batch logits; the
+  'unlabeled' source and the fixed-threshold ablation skip that 1/8 of the teacher pass."""
+  return bool(cfg.use_dta) and cfg.threshold_source == "labeled_correct"
+
+
 DTA_SNL = Algorithm(name="dta_snl", default_config=default_config, init_state=init_state,
-                    unlabeled_loss=unlabeled_loss, needs_teacher_on_labeled=True)
+                    unlabeled_loss=unlabeled_loss,
+                    needs_teacher_on_labeled=needs_teacher_on_labeled)
 DTM = Algorithm(name="dtm", default_config=dtm_default_config, init_state=init_state,
-                unlabeled_loss=unlabeled_loss, needs_teacher_on_labeled=True)
+                unlabeled_loss=unlabeled_loss, needs_teacher_on_labeled=needs_teacher_on_labeled)
