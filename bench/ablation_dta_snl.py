@@ -44,18 +44,22 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=None, help="default: the config's")
   p.add_argument("--rows", default=",".join(r[0] for r in ROWS))
   p.add_argument("--workdir", default="runs/ablation_dta_snl")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="config override applied to every row before the row's own (repeatable)")
   args = p.parse_args(argv)
   module = cm.load_config_module(args.config)
+  common = cm.parse_overrides(args.set)
   rows = [r for r in ROWS if r[0] in args.rows.split(",")]
   seeds = list(range(args.seeds))
   results = {name: [] for name, *_ in rows}
   specs = []
   for seed in seeds:
     for name, variant, method, overrides in rows:
-      cfg = cm.build_config(module, variant, method, list(overrides), args.steps, seed, False)
+      cfg = cm.build_config(module, variant, method, common + list(overrides), args.steps, seed,
+                            False)
       specs.append((name, method, seed, cfg.to_json(),
                     os.path.join(args.workdir, name, method, f"seed_{seed}")))
-  first = cm.build_config(module, "", rows[0][2], [], args.steps, 0, False)
+  first = cm.build_config(module, "", rows[0][2], common, args.steps, 0, False)
   context = (f"DTA + SNL ablation, dataset {first.dataset.name}, "
              f"{first.data.labels_per_class} labels per class, {first.train.num_steps} steps, "
              f"seeds {seeds}, config {args.config}")
