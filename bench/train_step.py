@@ -68,7 +68,7 @@ _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Image sides in pixels.")
 _IMPLS = flags.DEFINE_list("impls", ["jax", "torch"], "Implementations: jax, torch.")
 _MODES = flags.DEFINE_list("modes", ["dta_snl", "pseudo_label", "supervised"], "Step kinds.")
 _PARTS = flags.DEFINE_list("parts", ["peak", "step", "algo", "input", "loop"],
-                           "What to measure.")
+                           "What to measure (also 'profile', not in the default).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per implementation (after compile).")
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per implementation per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
@@ -273,6 +273,51 @@ def nominal_cpu_peak(fma_units: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
+# Profile: thunk time of the jax dta_snl step by kind of operation.
+
+PROFILE_KINDS = (  # (kind, predicate over the thunk name), first match wins
+    ("convolutions and dots (ynn_fusion)",
+     lambda n: n.startswith(("ynn_fusion", "convolution", "dot"))),
+    ("transposes", lambda n: "transpose" in n),
+    ("copies", lambda n: n.startswith("copy")),
+    ("reduce-window / select-and-scatter / scatter",
+     lambda n: any(k in n for k in ("reduce-window", "select-and-scatter", "scatter"))),
+    ("everything else (BN, elementwise, Adam, EMA, losses)", lambda n: True),
+)
+
+
+def profile_step(size, b, uratio, steps=3) -> dict:
+  """Thunk time per step by kind. XLA:CPU emits per-thunk events only when the bench is
+  started with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true."""
+  import collections
+  import glob
+  import gzip
+  import jax
+  with tempfile.TemporaryDirectory() as tmp:
+    r = JaxRunner("dta_snl", size, b, uratio, os.path.join(tmp, "run"))
+    r.run(steps)                                   # warm
+    trace_dir = os.path.join(tmp, "trace")
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    r.run(steps)
+    jax.profiler.stop_trace()
+    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(sorted(files)[-1]) as f:
+      events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  by_kind = collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name.startswith(("ThunkExecutor", "$", "SlinkyThreadPool",
+                                                "PjitFunction")):
+      continue
+    kind = next(k for k, pred in PROFILE_KINDS if pred(name))
+    by_kind[kind] += e.get("dur", 0) / 1e3 / steps          # us -> ms per step
+  total = sum(by_kind.values())
+  return {"size": size, "total_ms": total, "ms_per_step": dict(by_kind),
+          "share": {k: v / total for k, v in by_kind.items()} if total else {}}
+
+
+# ---------------------------------------------------------------------------------------
 # The DTA + SNL logic alone.
 
 def time_algorithm(b, uratio, iters=200) -> dict:
@@ -455,6 +500,16 @@ def main(argv):
           rec["flops_per_s"] = rec["flops_per_step"] / med
       results["steps"][size] = info
       _print_step_table(size, info, results.get("peak"))
+
+  if "profile" in parts:
+    results["profile"] = profile_step(sizes[0], b, uratio)
+    pr = results["profile"]
+    print(f"\nprofile, jax dta_snl at {pr['size']} px (thunk time summed over threads, "
+          f"{pr['total_ms']:.0f} ms/step):", flush=True)
+    for kind, ms in sorted(pr["ms_per_step"].items(), key=lambda kv: -kv[1]):
+      print(f"  {kind:<55}{ms:8.1f} ms {100 * pr['share'][kind]:5.1f} %", flush=True)
+    if pr["total_ms"] == 0:
+      print("  (no thunk events: run with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true)")
 
   if "algo" in parts:
     results["algo"] = time_algorithm(b, uratio)
