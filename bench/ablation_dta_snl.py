@@ -1,8 +1,9 @@
 """The DTA + SNL ablation on one dataset and label budget: supervised, FixMatch, DTA alone,
-SNL alone, DTA + SNL, and DTA + SNL with local attention and feature-map dropout, N seeds
+SNL alone, DTA + SNL, DTA + SNL with local attention and feature-map dropout, and DTA + SNL
+with the unlabeled threshold statistic, N seeds
 each, through the real trainer; prints a markdown table (mean ± std and per seed).
 
-    python bench/ablation_dta_snl.py --config=configs/default.py --seeds=3 --workdir=runs/bench_issue3
+    python bench/ablation_dta_snl.py --config=configs/default.py --seeds=3 --set model.max_pool=xla --workdir=runs/bench_issue3
 
 Rows are (config variant, method, overrides) of the same base config, so every row shares
 the data, model, schedule and seeds; only the method part changes:
@@ -13,6 +14,9 @@ the data, model, schedule and seeds; only the method part changes:
   snl_only          ``:fixed_threshold`` with dta_snl   fixed 0.95 threshold + SNL
   dta_snl           dta_snl                             the method
   dta_snl_att_drop  dta_snl + ``model.attention=True, model.feature_dropout=0.5``
+  dta_snl_unlabeled_stat  dta_snl + ``algo.threshold_source='unlabeled'`` (thresholds from
+                    the teacher's confidence on the unlabeled batch per pseudo-class, not
+                    on correctly classified labeled samples)
 
 Each run lives in ``<workdir>/<row>/<method>/seed_<k>`` (the layout of
 ``compare_methods.py``); running the command again re-reads finished runs.
@@ -34,6 +38,7 @@ ROWS = (  # (row name, variant, method, overrides)
     ("snl_only", "fixed_threshold", "dta_snl", ()),
     ("dta_snl", "", "dta_snl", ()),
     ("dta_snl_att_drop", "", "dta_snl", (("model.attention", True), ("model.feature_dropout", 0.5))),
+    ("dta_snl_unlabeled_stat", "", "dta_snl", (("algo.threshold_source", "unlabeled"),)),
 )
 
 
