@@ -156,6 +156,15 @@ def test_fixed_threshold_ablation_and_no_snl():
   np.testing.assert_allclose(out.loss, out.metrics["loss_u"])
 
 
+def tiny_batch():
+  """A host batch of the train step: 4 labeled and 8 unlabeled 8x8 images, 3 classes."""
+  rng = np.random.default_rng(0)
+  return {"x_lb": rng.integers(0, 256, (4, 8, 8, 3), np.uint8), "y_lb": np.array([0, 1, 2, 0]),
+          "x_ulb_w": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
+          "x_ulb_s": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
+          "idx_ulb": np.arange(8), "y_ulb": np.array([0, 1, 2, -1, 0, 1, 2, -1])}
+
+
 def test_through_the_train_step():
   """dta_snl plugs into ssfer_jax.step.make_train_step (teacher on the labeled batch);
   the step's loss has zero gradient with respect to the teacher's parameters."""
@@ -172,11 +181,7 @@ def test_through_the_train_step():
   algo = get_algorithm("dta_snl")
   state = state_lib.create(model, tx, algo, c.algo, rng=jax.random.PRNGKey(0),
                            image_shape=(8, 8, 3), num_classes=3, num_unlabeled=8)
-  rng = np.random.default_rng(0)
-  batch = {"x_lb": rng.integers(0, 256, (4, 8, 8, 3), np.uint8), "y_lb": np.array([0, 1, 2, 0]),
-           "x_ulb_w": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
-           "x_ulb_s": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
-           "idx_ulb": np.arange(8), "y_ulb": np.array([0, 1, 2, -1, 0, 1, 2, -1])}
+  batch = tiny_batch()
   step = make_train_step(model, tx, algo, c, steps_per_epoch=4)
 
   def loss_wrt_teacher(ema_params):
@@ -216,11 +221,7 @@ def test_teacher_runs_on_the_labeled_batch_only_when_the_statistic_reads_it(sour
   model, tx = build_model(c.model, 3), optax.adam(1e-3)
   state = state_lib.create(model, tx, algo, c.algo, rng=jax.random.PRNGKey(0),
                            image_shape=(8, 8, 3), num_classes=3, num_unlabeled=8)
-  rng = np.random.default_rng(0)
-  batch = {"x_lb": rng.integers(0, 256, (4, 8, 8, 3), np.uint8), "y_lb": np.array([0, 1, 2, 0]),
-           "x_ulb_w": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
-           "x_ulb_s": rng.integers(0, 256, (8, 8, 8, 3), np.uint8),
-           "idx_ulb": np.arange(8), "y_ulb": np.array([0, 1, 2, -1, 0, 1, 2, -1])}
+  batch = tiny_batch()
   forced = dataclasses.replace(algo, needs_teacher_on_labeled=True)
   steps = {name: jax.jit(make_train_step(model, tx, a, c, steps_per_epoch=4))
            for name, a in (("auto", algo), ("forced", forced))}
