@@ -62,6 +62,8 @@ def _max_pool_2d(x, window, strides, padding, in_hw):
 
 def _max_pool_2d_fwd(x, window, strides, padding, in_hw):
   del in_hw
+  # y stays the reduce_window of the primal (its NaN propagation included); the loop
+  # below only locates the maximum.
   y = _reduce_max(x, window, strides, padding)
   # The offset of each window's first maximum (strict '>' keeps the earliest), found in
   # the forward pass and kept as a small integer residual. Comparing x with y again in
