@@ -11,7 +11,12 @@ of B images (weak view) and an unlabeled batch of U = uratio x B images (weak + 
 views; ``--uratio`` defaults to 7). One step = teacher forward on U weak + B labeled,
 student forward/backward on B labeled + U strong, the DTA/SNL losses, Adam, the EMA
 update. **images/s counts the B + U distinct images of a step** (each unlabeled image
-is seen as two views).
+is seen as two views; ``supervised_views`` counts its B + 2U labeled images).
+
+The semi-supervised overhead is read against ``supervised_views``, the supervised step
+on the B + 2U images that dta_snl puts through a network. ``supervised`` (B + U images)
+is printed too; against it any pseudo-label step pays at least the weak views' forward
+pass (docs/performance.md, "The cost of the semi-supervised parts").
 
 Parts (``--parts``, comma-separated):
 
@@ -23,6 +28,14 @@ Parts (``--parts``, comma-separated):
     supervised    the supervised step on B + U labeled images (student forward/backward on
                   the same number of images as dta_snl's student, EMA update; no teacher
                   forward)
+    supervised_views
+                  the supervised step on B + 2U labeled images: every image tensor the
+                  dta_snl step puts through a network (B labeled, U weak, U strong)
+    dta_snl_student
+                  dta_snl with ``pseudo_label_source='student'`` (USB's layout): no
+                  teacher forward; the weak views join the student's train-mode forward
+                  (stop-gradient), so the student's forward/backward covers the same B + 2U
+                  images as ``supervised_views``
   each in ssfer_jax (the Trainer's jitted step: shardings, donation, the batch put on
   the device every step as the loop does) and, for dta_snl and supervised, in PyTorch
   eager (``bench/torch_reference.py``; cuda if available). After ``--warmup`` steps,
@@ -66,7 +79,8 @@ _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
 _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Image sides in pixels.")
 _IMPLS = flags.DEFINE_list("impls", ["jax", "torch"], "Implementations: jax, torch.")
-_MODES = flags.DEFINE_list("modes", ["dta_snl", "pseudo_label", "supervised"], "Step kinds.")
+_MODES = flags.DEFINE_list("modes", ["dta_snl", "pseudo_label", "supervised", "supervised_views",
+                                     "dta_snl_student"], "Step kinds (see above).")
 _PARTS = flags.DEFINE_list("parts", ["peak", "step", "algo", "input", "loop"],
                            "What to measure (also 'profile', not in the default).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per implementation (after compile).")
@@ -101,13 +115,26 @@ def _rafdb_config(arg):
   return mod.get_config(arg)
 
 
+MODES = ("dta_snl", "pseudo_label", "supervised", "supervised_views", "dta_snl_student")
+
+
+def images_per_step(mode: str, b: int, uratio: int) -> int:
+  """Images a step of ``mode`` counts: the B + U distinct images for the semi-supervised
+  modes and ``supervised``; B + 2U labeled images for ``supervised_views``."""
+  return b * (1 + 2 * uratio) if mode == "supervised_views" else b * (1 + uratio)
+
+
 def bench_config(mode: str, size: int, b: int, uratio: int):
   """configs/rafdb_dta_snl.py (model, optimizer, method settings) on a tiny synthetic
   source (the bench feeds its own batches; the source only sizes the Trainer)."""
-  method = "supervised" if mode == "supervised" else "dta_snl"
-  c = _rafdb_config(method)
+  if mode not in MODES:
+    raise ValueError(f"--modes: unknown step kind {mode!r}; choose from {', '.join(MODES)}")
+  supervised = mode.startswith("supervised")
+  c = _rafdb_config("supervised" if supervised else "dta_snl")
   if mode == "pseudo_label":
     c.algorithm = "bench_pseudo_label"   # same hyper-parameter keys as dta_snl: validate passes
+  if mode == "dta_snl_student":
+    c.pseudo_label_source = "student"
   c.dataset.name = "synthetic"
   c.dataset.num_train = 200
   c.dataset.num_test = 8
@@ -116,7 +143,7 @@ def bench_config(mode: str, size: int, b: int, uratio: int):
   c.data.labels_per_class = 4
   c.data.image_size = size
   c.data.uratio = uratio
-  c.data.batch_size = b * (1 + uratio) if mode == "supervised" else b
+  c.data.batch_size = images_per_step(mode, b, uratio) if supervised else b
   c.eval.batch_size = 8
   c.mesh.num_devices = 1
   return c
@@ -184,7 +211,7 @@ class JaxRunner:
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    self.images_per_step = (b * (1 + uratio))
+    self.images_per_step = images_per_step(mode, b, uratio)
     self.k = 0
 
   def run(self, n):
@@ -207,7 +234,7 @@ class TorchRunner:
     algo = algorithms.get_algorithm(config.algorithm)
     rng = np.random.default_rng(seed)
     self.host = [random_batch(rng, config, algo) for _ in range(2)]
-    self.images_per_step = b * (1 + uratio)
+    self.images_per_step = images_per_step(mode, b, uratio)
     self.k = 0
 
   def run(self, n):
@@ -494,8 +521,8 @@ def main(argv):
         rec = info.setdefault(name, {})
         rec.update(step_s=med, step_s_best=min(ts), step_s_rounds=ts,
                    cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name],
-                   images_per_s=b * (1 + uratio) / med,
-                   images_per_s_best=b * (1 + uratio) / min(ts))
+                   images_per_s=runners[name].images_per_step / med,
+                   images_per_s_best=runners[name].images_per_step / min(ts))
         if "flops_per_step" in rec:
           rec["flops_per_s"] = rec["flops_per_step"] / med
       results["steps"][size] = info
@@ -581,6 +608,15 @@ def _print_step_table(size, info, peak):
       lines.append((f"{jax_name} dta_snl over supervised on the same B+U images",
                     ratio(d, sup, "step_s"), ratio(d, sup, "step_s_best"),
                     ratio(d, sup, "cpu_s"), "%"))
+    views, student = f"{jax_name}/supervised_views", f"{jax_name}/dta_snl_student"
+    if d in info and views in info:
+      lines.append((f"{jax_name} dta_snl over supervised on the same B+2U image tensors",
+                    ratio(d, views, "step_s"), ratio(d, views, "step_s_best"),
+                    ratio(d, views, "cpu_s"), "%"))
+    if student in info and views in info:
+      lines.append((f"{jax_name} dta_snl_student over supervised_views (same network work)",
+                    ratio(student, views, "step_s"), ratio(student, views, "step_s_best"),
+                    ratio(student, views, "cpu_s"), "%"))
     if d in info and pl in info:
       lines.append((f"{jax_name} dta_snl over pseudo_label (same network work)",
                     ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"),
