@@ -484,7 +484,8 @@ def main(argv):
   b, uratio = _BATCH.value, _URATIO.value
   sizes = [int(s) for s in _SIZES.value]
   parts = set(_PARTS.value)
-  print(f"device: {results['device']}  B={b}  U={b * uratio}  images/step={b * (1 + uratio)}  "
+  print(f"device: {results['device']}  B={b}  U={b * uratio}  distinct images/step="
+        f"{b * (1 + uratio)} (supervised_views: {images_per_step('supervised_views', b, uratio)})  "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
   if "peak" in parts:
