@@ -79,8 +79,8 @@ _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
 _SIZES = flags.DEFINE_list("sizes", ["112", "224"], "Image sides in pixels.")
 _IMPLS = flags.DEFINE_list("impls", ["jax", "torch"], "Implementations: jax, torch.")
-_MODES = flags.DEFINE_list("modes", ["dta_snl", "pseudo_label", "supervised", "supervised_views",
-                                     "dta_snl_student"], "Step kinds (see above).")
+MODES = ("dta_snl", "pseudo_label", "supervised", "supervised_views", "dta_snl_student")
+_MODES = flags.DEFINE_list("modes", list(MODES), "Step kinds (see above).")
 _PARTS = flags.DEFINE_list("parts", ["peak", "step", "algo", "input", "loop"],
                            "What to measure (also 'profile', not in the default).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per implementation (after compile).")
@@ -113,9 +113,6 @@ def _rafdb_config(arg):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(arg)
-
-
-MODES = ("dta_snl", "pseudo_label", "supervised", "supervised_views", "dta_snl_student")
 
 
 def images_per_step(mode: str, b: int, uratio: int) -> int:
@@ -594,44 +591,29 @@ def _print_step_table(size, info, peak):
           + (f"{r['compile_s']:>10.1f}{fl / 1e9:>11.1f}{fps / 1e9:>9.1f}" if fl else " " * 30)
           + (f"{100 * fps / ref:>7.0f}%" if fl and ref else ""))
 
-  def ratio(a, b, key):
-    return info[a][key] / info[b][key]
-
   lines = []
+
+  def compare(text, a, b, unit):
+    """A ratio line, when both rows ran: a's / b's seconds per step (median round, best
+    round, CPU time). unit 'x' reads it as b's images/s over a's, '%' as a's extra cost."""
+    if a in info and b in info:
+      lines.append((text, *(info[a][k] / info[b][k] for k in ("step_s", "step_s_best", "cpu_s")),
+                    unit))
+
   for jax_name in ("jax", "jax+xlapool"):
     for mode in ("dta_snl", "supervised"):
-      j, t = f"{jax_name}/{mode}", f"torch/{mode}"
-      if j in info and t in info:
-        lines.append((f"{mode}: {jax_name} / torch images/s", ratio(t, j, "step_s"),
-                      ratio(t, j, "step_s_best"), ratio(t, j, "cpu_s"), "x"))
+      compare(f"{mode}: {jax_name} / torch images/s", f"torch/{mode}", f"{jax_name}/{mode}", "x")
     d, sup, pl = f"{jax_name}/dta_snl", f"{jax_name}/supervised", f"{jax_name}/pseudo_label"
-    if d in info and sup in info:
-      lines.append((f"{jax_name} dta_snl over supervised on the same B+U images",
-                    ratio(d, sup, "step_s"), ratio(d, sup, "step_s_best"),
-                    ratio(d, sup, "cpu_s"), "%"))
     views, student = f"{jax_name}/supervised_views", f"{jax_name}/dta_snl_student"
-    if d in info and views in info:
-      lines.append((f"{jax_name} dta_snl over supervised on the same B+2U image tensors",
-                    ratio(d, views, "step_s"), ratio(d, views, "step_s_best"),
-                    ratio(d, views, "cpu_s"), "%"))
-    if student in info and views in info:
-      lines.append((f"{jax_name} dta_snl_student over supervised_views (same network work)",
-                    ratio(student, views, "step_s"), ratio(student, views, "step_s_best"),
-                    ratio(student, views, "cpu_s"), "%"))
-    if d in info and pl in info:
-      lines.append((f"{jax_name} dta_snl over pseudo_label (same network work)",
-                    ratio(d, pl, "step_s"), ratio(d, pl, "step_s_best"),
-                    ratio(d, pl, "cpu_s"), "%"))
-    if jax_name == "jax" and "jax/dta_snl" in info and "jax+xlapool/dta_snl" in info:
-      lines.append(("dta_snl: jax (fast max-pool) / jax+xlapool images/s",
-                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "step_s"),
-                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "step_s_best"),
-                    ratio("jax+xlapool/dta_snl", "jax/dta_snl", "cpu_s"), "x"))
-  if "torch/dta_snl" in info and "torch/supervised" in info:
-    lines.append(("torch dta_snl over supervised",
-                  ratio("torch/dta_snl", "torch/supervised", "step_s"),
-                  ratio("torch/dta_snl", "torch/supervised", "step_s_best"),
-                  ratio("torch/dta_snl", "torch/supervised", "cpu_s"), "%"))
+    compare(f"{jax_name} dta_snl over supervised on the same B+U images", d, sup, "%")
+    compare(f"{jax_name} dta_snl over supervised on the same B+2U image tensors", d, views, "%")
+    compare(f"{jax_name} dta_snl_student over supervised_views (same network work)", student,
+            views, "%")
+    compare(f"{jax_name} dta_snl over pseudo_label (same network work)", d, pl, "%")
+    if jax_name == "jax":
+      compare("dta_snl: jax (fast max-pool) / jax+xlapool images/s", "jax+xlapool/dta_snl",
+              "jax/dta_snl", "x")
+  compare("torch dta_snl over supervised", "torch/dta_snl", "torch/supervised", "%")
   for text, med, best, cpu, unit in lines:
     if unit == "%":
       print(f"  {text}: {100 * (med - 1):+.0f}%  [best rounds: {100 * (best - 1):+.0f}%, "
