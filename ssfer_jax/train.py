@@ -320,12 +320,12 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
     ckpt.close()
     writer.close()
   summary = _summarise(trainer, workdir, last_means, time.time() - t_start, compile_s)
-  previous = workdir / "summary.json"
-  if start_step >= total and previous.exists():  # re-run of a finished run: keep its timing
-    old = json.loads(previous.read_text())       # and its last training metrics
+  summary_path = workdir / "summary.json"
+  if start_step >= total and summary_path.exists():  # re-run of a finished run: keep its
+    old = json.loads(summary_path.read_text())       # timing and its last training metrics
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_path.write_text(json.dumps(summary, indent=2))
     _plot_thresholds(workdir, trainer.dataset.class_names)
     from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
