@@ -24,12 +24,13 @@ Each run lives in ``<workdir>/<row>/<method>/seed_<k>`` (the layout of
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_methods as cm  # noqa: E402  (bench/ is not a package)
+
+from ssfer_jax import cli  # noqa: E402  (on sys.path through compare_methods)
 
 ROWS = (  # (row name, variant, method, overrides)
     ("supervised", "", "supervised", ()),
@@ -42,8 +43,9 @@ ROWS = (  # (row name, variant, method, overrides)
 )
 
 
+@cli.guard
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p = cli.ArgumentParser(prog="bench/ablation_dta_snl.py", description=__doc__.split("\n\n")[0])
   p.add_argument("--config", default="configs/default.py", help="base config file (no variant)")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--steps", type=int, default=None, help="default: the config's")

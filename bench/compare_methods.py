@@ -23,7 +23,6 @@ written next to the table as ``<out>.json``.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
 import json
@@ -36,6 +35,8 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from ssfer_jax import cli  # noqa: E402
 
 DEFAULT_METHODS = ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "adacm", "dtm",
                    "dta_snl", "full_supervised")
@@ -51,8 +52,7 @@ COLUMNS = (  # (header, getter over a summary dict, scale)
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="bench/compare_methods.py", description=__doc__.split("\n\n")[0])
   p.add_argument("--config", default="configs/default.py",
                  help="config file, optionally with ':variant' (default configs/default.py)")
   p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -230,6 +230,7 @@ def run_one(k, total, method, seed, config_json, workdir):
   return summary
 
 
+@cli.guard
 def main(argv=None):
   args = parse_args(argv)
   path, _, variant = args.config.partition(":")
@@ -237,7 +238,7 @@ def main(argv=None):
   from ssfer_jax import algorithms
   unknown = [m for m in methods if m not in algorithms.names()]
   if unknown:
-    raise SystemExit(f"--methods: unknown {unknown}; known: {algorithms.names()}")
+    raise cli.UserError(f"--methods: unknown {unknown}; known: {algorithms.names()}")
   module = load_config_module(path)
   overrides = parse_overrides(args.set)
   algo_keys = [k for k, _ in overrides if k.startswith("algo.")]

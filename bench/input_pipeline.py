@@ -26,8 +26,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from ssfer_jax import cli  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Images in the benchmark dataset.")
 _BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per grain configuration.")
@@ -122,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

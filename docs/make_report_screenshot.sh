@@ -11,7 +11,15 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-/work/venv/bin/python}
+# The checkout's .venv (the README's install) when there is one, else the python on PATH.
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || command -v python); fi
+fi
+CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)}
+if [[ -z "$CHROMIUM" ]]; then
+  echo "error: no chromium on PATH; install it (apt-get install -y chromium) or set CHROMIUM=/path/to/chrome" >&2
+  exit 2
+fi
 RUNS=${RUNS:-/tmp/ssfer_report_runs}
 OUT_PNG=${OUT_PNG:-docs/report_screenshot.png}
 SHORT="--config.train.num_steps=300 --config.train.eval_every=50 --config.train.log_every=10
@@ -27,7 +35,7 @@ SHORT="--config.train.num_steps=300 --config.train.eval_every=50 --config.train.
 
 PROFILE=$(mktemp -d)
 trap 'rm -rf "$PROFILE"' EXIT
-chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+"$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$PROFILE" --hide-scrollbars --screenshot="$PWD/$OUT_PNG" \
   --window-size=1280,3400 "file://$RUNS/report.html"

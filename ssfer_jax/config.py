@@ -7,6 +7,10 @@ trainer reads, so a key that is not here is a typo: ``validate`` names it.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import os
+
 import ml_collections
 
 from ssfer_jax import algorithms
@@ -88,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.async_checkpoint = True
   c.train.progress = True             # live progress line on stderr
+  c.train.allow_config_change = False # resume a workdir whose config.json differs in hyper-parameters
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -238,3 +243,132 @@ def validate(config: ml_collections.ConfigDict) -> None:
         + (f"missing {', '.join('config.algo.' + k for k in missing)}; " if missing else "")
         + "switch methods with the config variant (e.g. --config=configs/default.py:"
         f"{config.algorithm}), which loads the method's defaults")
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """``"configs/x.py:variant"`` -> the config its ``get_config(variant)`` returns.
+
+  The one config-file loader (the CLIs and bench scripts use it; ``--config=`` flags go
+  through ml_collections' own loader, which does the same)."""
+  path, _, arg = str(spec).partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found; pass a configs/*.py file "
+                            "(python -m ssfer_jax.main --list shows them)")
+  module_spec = importlib.util.spec_from_file_location(
+      "ssfer_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} defines no get_config(arg); a config file returns its "
+                     "ConfigDict from get_config (see configs/default.py)")
+  return module.get_config(arg or None)
+
+
+def _flag_values(argv, name):
+  """Values of ``--name=V`` / ``--name V`` in ``argv``."""
+  out = []
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      out.append(a.split("=", 1)[1])
+    elif a == f"--{name}" and i + 1 < len(argv):
+      out.append(argv[i + 1])
+  return out
+
+
+def _override_keys(argv):
+  for a in argv:
+    if a.startswith("--config.") or a.startswith("--noconfig."):
+      yield a.split("=", 1)[0].split(".", 1)[1]
+
+
+def methods_with_algo_key(key: str) -> list:
+  return [m for m in algorithms.names() if key in algorithms.get_algorithm(m).default_config()]
+
+
+def unknown_key_message(key: str, config: ml_collections.ConfigDict) -> str | None:
+  """Why ``config.KEY`` does not exist in ``config`` and what to do; None if it exists."""
+  node = config
+  parts = key.split(".")
+  for i, part in enumerate(parts):
+    if isinstance(node, ml_collections.ConfigDict) and part in node:
+      node = node[part]
+      continue
+    if parts[0] == "algo" and i == 1:
+      owners = methods_with_algo_key(part)
+      if owners:
+        return (f"config.{key}: {config.algorithm!r} has no key {part!r}; it belongs to "
+                f"{', '.join(owners)}: choose that method with the config variant, e.g. "
+                f"--config=configs/default.py:{owners[0]} --config.{key}=...")
+      return (f"config.{key}: {config.algorithm!r} has no key {part!r}; its keys are "
+              f"{', '.join(sorted(config.algo.keys()))}")
+    known = ["config." + k for k in _flat_keys(config)]
+    close = difflib.get_close_matches("config." + key, known, n=1, cutoff=0.6)
+    return (f"unknown config key config.{key}"
+            + (f"; did you mean {close[0]}?" if close else "")
+            + " (every key is in ssfer_jax/config.py; --dry_run prints the resolved config)")
+  return None
+
+
+def explain_override(argv) -> str | None:
+  """For a failed ``--config.KEY=VALUE`` parse: the first override naming a missing key."""
+  specs = _flag_values(argv, "config")
+  if not specs:
+    return None
+  try:
+    config = load(specs[-1])
+  except (FileNotFoundError, ValueError) as e:  # a missing file, a bad variant
+    return " ".join(str(e).split())
+  except Exception:  # noqa: BLE001 - ml_collections' own error is reported instead
+    return None
+  for key in _override_keys(argv):
+    msg = unknown_key_message(key, config)
+    if msg:
+      return "--config." + msg.removeprefix("config.") if msg.startswith("config.") else msg
+  return None
+
+
+# Resuming a workdir with another config (see ``resume_conflicts``): keys that may change
+# freely (how the run is executed, not what it computes), keys that make it another run
+# (refused), and everything else (hyper-parameters: accepted with train.allow_config_change).
+RESUME_FREE = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+               "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
+               "train.allow_config_change", "train.xla_cpu_options", "data.num_workers",
+               "data.read_threads", "data.prefetch", "eval.batch_size", "dataset.data_dir",
+               "mesh", "distributed")
+RESUME_IDENTITY = ("algorithm", "dataset", "model", "data.image_size", "data.labels_per_class",
+                   "data.num_labels", "data.label_protocol", "data.labeled_ids_file",
+                   "data.split_seed", "data.unlabeled_includes_labeled", "eval.val_fraction",
+                   "optim.name", "optim.accum_steps", "population")
+
+
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _leaves(d: dict, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      yield from _leaves(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
+
+
+def resume_conflicts(old: dict, new: dict):
+  """(identity, hyper) lists of ``(key, old value, new value)`` where two configs (as
+  config.json dicts) differ: ``identity`` keys make it a different run (another method,
+  dataset, model or label split), ``hyper`` keys change what the rest of the run computes."""
+  a, b = dict(_leaves(old)), dict(_leaves(new))
+  missing = object()
+  identity, hyper = [], []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key, missing), b.get(key, missing)
+    if va == vb or _under(key, RESUME_FREE):
+      continue
+    row = (key, None if va is missing else va, None if vb is missing else vb)
+    (identity if _under(key, RESUME_IDENTITY) else hyper).append(row)
+  return identity, hyper
+
+
+def describe_changes(rows, limit: int = 6) -> str:
+  shown = ", ".join(f"{k} {va!r} -> {vb!r}" for k, va, vb in rows[:limit])
+  return shown + (f" (+{len(rows) - limit} more)" if len(rows) > limit else "")

@@ -29,7 +29,6 @@ that hold other Python objects (e.g. an argparse Namespace next to the weights).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import re
@@ -42,6 +41,7 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from ssfer_jax import cli
 from ssfer_jax import pretrained
 from ssfer_jax.models.resnet import ResNet18, ResNet50
 
@@ -223,9 +223,9 @@ def _to_numpy(v) -> np.ndarray:
   return np.asarray(v, np.float32)
 
 
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ssfer_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m ssfer_jax.convert", description=__doc__)
   parser.add_argument("--input", required=True, help="PyTorch checkpoint (.pth / .pt / .tar)")
   parser.add_argument("--output", required=True, help="directory to write (config.init_from)")
   parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
@@ -234,12 +234,8 @@ def main(argv=None) -> int:
   parser.add_argument("--allow_extra", action="store_true",
                       help="ignore checkpoint keys that map to nothing in the backbone")
   args = parser.parse_args(argv)
-  try:
-    meta = convert_file(args.input, args.output, args.arch, trust_pickle=args.trust_pickle,
-                        allow_extra=args.allow_extra)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  meta = convert_file(args.input, args.output, args.arch, trust_pickle=args.trust_pickle,
+                      allow_extra=args.allow_extra)
   ignored = meta["ignored_keys"]
   print(f"converted {meta['num_converted']} tensors of {args.arch} from {args.input} -> "
         f"{args.output}/{pretrained.WEIGHTS_FILE}"

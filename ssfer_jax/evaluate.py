@@ -42,7 +42,6 @@ Exit status: 0 done, 2 bad arguments, run or dataset.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -57,6 +56,7 @@ from absl import logging as absl_logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ssfer_jax import cli
 from ssfer_jax import metrics as metrics_lib
 from ssfer_jax import parallel, plots, predict
 from ssfer_jax import step as step_lib
@@ -313,9 +313,9 @@ def format_results(results: dict) -> str:
   return "\n".join(lines)
 
 
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ssfer_jax.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m ssfer_jax.evaluate", description=__doc__)
   parser.add_argument("--workdir", required=True, help="a run directory (config.json + checkpoints/)")
   parser.add_argument("--dataset", required=True, help="config.dataset.name of the test data")
   parser.add_argument("--split", default=None, help="split (default: the dataset's test split)")
@@ -325,12 +325,8 @@ def main(argv=None) -> int:
                       help="ferplus only: the prepared 7- or 8-class config to read")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  try:
-    results = evaluate(args.workdir, args.dataset, split=args.split, data_dir=args.data_dir,
-                       step=args.step, num_classes=args.num_classes)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  results = evaluate(args.workdir, args.dataset, split=args.split, data_dir=args.data_dir,
+                     step=args.step, num_classes=args.num_classes)
   print(format_results(results))
   return 0
 

@@ -43,7 +43,6 @@ tf2onnx needs TensorFlow.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -54,6 +53,7 @@ from absl import logging as absl_logging
 from etils import epath
 from flax import traverse_util
 
+from ssfer_jax import cli
 from ssfer_jax import predict
 from ssfer_jax.step import normalize
 
@@ -125,9 +125,9 @@ def load(directory):
   return (lambda images: exported.call(leaves, images)), meta
 
 
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ssfer_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m ssfer_jax.export", description=__doc__)
   parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
   parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
   parser.add_argument("--step", type=int, default=None)
@@ -137,12 +137,8 @@ def main(argv=None) -> int:
                       help="comma-separated jax.export platforms (cpu, cuda, rocm, tpu)")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    run = predict.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
-    meta = export_run(run, args.output, platforms=[p for p in args.platforms.split(",") if p])
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  run = predict.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
+  meta = export_run(run, args.output, platforms=[p for p in args.platforms.split(",") if p])
   print(f"exported {args.weights} weights of step {run.step} ({len(meta['param_names'])} arrays, "
         f"{meta['image_size']}px, {len(meta['class_names'])} classes, platforms "
         f"{','.join(meta['platforms'])}) to {args.output}")

@@ -1,38 +1,80 @@
-"""Command line: ``python -m ssfer_jax.main --config=configs/<exp>.py[:variant] --workdir=DIR``.
+"""Train (or resume) a facial-expression model.
+
+    python -m ssfer_jax.main --config=configs/<exp>.py[:variant] --workdir=DIR
+    python -m ssfer_jax.main --list                      # configs, methods, ablations, datasets
+    python -m ssfer_jax.main --config=configs/default.py:dta_snl --dry_run
 
 Overrides: ``--config.train.num_steps=200 --config.data.labels_per_class=25``.
-Running the same command again resumes from the latest checkpoint in ``--workdir``.
+Running the same command again resumes from the latest checkpoint in ``--workdir``; a
+workdir that holds a different run is refused before anything is written.
+Errors are one ``error:`` line (exit 2); ``--verbose`` or ``SSFER_DEBUG=1`` shows the
+traceback. A preempted run (SIGTERM) exits 75 after its checkpoint; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from ssfer_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
+_LIST = flags.DEFINE_bool("list", False, "Print the configs, methods, ablations/variants and "
+                          "datasets, then exit.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and the label split, "
+                             "then exit (writes nothing).")
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a scheduler should requeue the same command
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form "
+                        "--name=value (python -m ssfer_jax.main --help)")
   if not flags.FLAGS["verbosity"].present:  # orbax / grain INFO lines drown the progress line
     absl_logging.set_verbosity(absl_logging.WARNING)
-  config = _CONFIG.value
+  if _LIST.value:
+    from ssfer_jax import catalog
+    print(catalog.listing())
+    return
+  try:
+    config = _CONFIG.value
+    if config is not None:
+      config.get("train")  # ml_collections loads lazily: a failed load raises here
+  except OSError as e:  # ml_collections loads the file lazily and hides the cause
+    from ssfer_jax import config as config_lib
+    raise cli.UserError(config_lib.explain_override(sys.argv) or str(e)) from e
+  if config is None:
+    raise cli.UserError("--config is required, e.g. --config=configs/default.py "
+                        "(python -m ssfer_jax.main --list shows the configs)")
+  if _DRY_RUN.value:
+    from ssfer_jax import train
+    print(train.dry_run(config))
+    return
+  if not _WORKDIR.value:
+    raise cli.UserError("--workdir is required: the directory for checkpoints, logs and "
+                        "results (an existing one resumes its run)")
   from ssfer_jax import parallel  # noqa: imported after flags so --help stays fast
   parallel.maybe_initialize_distributed(config.distributed)
   from ssfer_jax import train
-  try:
-    train.run(config, _WORKDIR.value)
-  except (ValueError, PermissionError, FileNotFoundError, train.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  summary = train.run(config, _WORKDIR.value)
+  if "preempted_at" in summary:
+    sys.exit(EXIT_PREEMPTED)
+
+
+def _help_with_listing():
+  """--help shows the catalogue (configs, methods, datasets) below the usage text."""
+  if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull") for a in sys.argv[1:]):
+    from ssfer_jax import catalog
+    module = sys.modules["__main__"]
+    module.__doc__ = (module.__doc__ or "") + "\n" + catalog.listing() + "\n"
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  _help_with_listing()
+  cli.run_absl(main)

@@ -78,6 +78,29 @@ class MetricWriter:
     self.jsonl.write(json.dumps(record) + "\n")
     self.jsonl.flush()
 
+  def config(self, config, metric_names=("eval_teacher/top1", "eval_teacher/mean_class_acc",
+                                          "eval_student/top1")) -> None:
+    """The run's config in TensorBoard: as text (TEXT tab) and as hyper-parameters
+    (HPARAMS tab, one row per run, against the final ``metric_names``)."""
+    if not self.enabled:
+      return
+    from tensorboardX.summary import hparams
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    self.tb.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)
+    flat = {}
+    for key, value in _config_leaves(json.loads(text)):
+      flat[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    for summary in hparams(flat, {m: 0.0 for m in metric_names}):
+      self.tb.file_writer.add_summary(summary)
+
+  def image(self, tag: str, png_path, step: int) -> None:
+    """A PNG written into the workdir (confusion matrix, thresholds) as a TensorBoard image."""
+    if not self.enabled:
+      return
+    from PIL import Image
+    with Image.open(str(png_path)) as im:
+      self.tb.add_image(tag, np.asarray(im.convert("RGB")), step, dataformats="HWC")
+
   def flush(self):
     if self.enabled:
       self.tb.flush()
@@ -87,6 +110,14 @@ class MetricWriter:
     if self.enabled:
       self.tb.close()
       self.jsonl.close()
+
+
+def _config_leaves(d: dict, prefix: str = ""):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _config_leaves(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
 
 
 def read_jsonl(path, kind: str | None = None) -> list[dict]:

@@ -26,7 +26,6 @@ Exit status: 0 all predicted, 3 some files failed, 2 bad arguments or run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -44,6 +43,7 @@ from etils import epath
 from flax import traverse_util
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ssfer_jax import cli
 from ssfer_jax.data import classes
 from ssfer_jax.data.pipeline import fit_image
 from ssfer_jax.models import build_model
@@ -376,9 +376,20 @@ def write_records(records: list[dict], class_names: Sequence[str], out) -> None:
     raise ValueError(f"--out={out}: use a .csv or .json file name")
 
 
+def synthetic_warning(config) -> str | None:
+  """Why a run's predictions on real photos mean nothing, if it was trained on the built-in
+  synthetic faces (a pipeline check, not a facial-expression model)."""
+  if config.dataset.name != "synthetic":
+    return None
+  return ("this run was trained on the built-in synthetic faces (config.dataset.name="
+          "'synthetic'): it checks the pipeline and is not a facial-expression model, so its "
+          "labels for real photos are meaningless; train on a real dataset first "
+          "(python -m ssfer_jax.main --list shows them)")
+
+
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ssfer_jax.predict", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m ssfer_jax.predict", description=__doc__)
   parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
   parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
   parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
@@ -398,12 +409,11 @@ def main(argv=None) -> int:
   if args.batch_size < 1 or args.margin < 0 or not 0 < args.min_face <= 1:
     parser.error("--batch_size must be >= 1, --margin >= 0 and --min_face in (0, 1]")
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  try:
-    run = restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
-    detector = FaceDetector(min_frac=args.min_face) if args.detect_faces else None
-  except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  run = restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
+  warning = synthetic_warning(run.config)
+  if warning:
+    print(f"warning: {warning}", file=sys.stderr, flush=True)
+  detector = FaceDetector(min_frac=args.min_face) if args.detect_faces else None
   paths = expand_paths(args.paths)
   records = predict_paths(run, paths, detect_faces=args.detect_faces, margin=args.margin,
                           batch_size=args.batch_size, detector=detector)

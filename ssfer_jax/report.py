@@ -21,7 +21,6 @@ no summary, a method without thresholds) leave their section out or say so.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import html
@@ -41,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
+from ssfer_jax import cli
 from ssfer_jax import plots  # noqa: E402
 
 NETS = ("teacher", "student")
@@ -503,18 +503,14 @@ def write_run_report(workdir) -> None:
     logging.warning("could not write %s/report.html: %s: %s", workdir, type(e).__name__, e)
 
 
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ssfer_jax.report", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m ssfer_jax.report", description=__doc__)
   parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (workdirs)")
   parser.add_argument("--out", default="report.html", help="the HTML file to write")
   parser.add_argument("--title", default="ssfer_jax report")
   args = parser.parse_args(argv)
-  try:
-    out = write_report(args.runs, args.out, args.title)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  out = write_report(args.runs, args.out, args.title)
   print(f"wrote {out} ({len(out.read_bytes()) / 1024:.0f} KiB, {len(args.runs)} run(s))")
   return 0
 

@@ -32,9 +32,10 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssfer_jax import algorithms, checkpoint, metrics as metrics_lib, optim, parallel, plots
+from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
+from ssfer_jax import config as config_lib
 from ssfer_jax.config import validate
 from ssfer_jax.data import pipeline
 from ssfer_jax.data.sources import load_dataset
@@ -69,25 +70,42 @@ def ensure_writable(workdir) -> epath.Path:
   return workdir
 
 
+def check_workdir(config, workdir) -> None:
+  """Refuses, before anything is written, a workdir whose config.json is another run
+  (method, dataset, model or label split differ) or the same run with other
+  hyper-parameters (unless ``config.train.allow_config_change``)."""
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    return
+  try:
+    old = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is unreadable ({e}); if the run was killed while writing it, "
+                     "delete that file and run again (the checkpoints are kept)") from e
+  new = json.loads(config.to_json_best_effort())
+  identity, hyper = config_lib.resume_conflicts(old, new)
+  if identity:
+    raise ValueError(f"--workdir={workdir} holds a different run ({path}): "
+                     f"{config_lib.describe_changes(identity)}; use a new --workdir for this "
+                     "run (nothing was written)")
+  if hyper and not config.train.allow_config_change:
+    raise ValueError(f"--workdir={workdir} holds this run with other settings: "
+                     f"{config_lib.describe_changes(hyper)}; pass "
+                     "--config.train.allow_config_change=True to resume with them (config.json "
+                     "is then updated and the old one kept as config.previous.json), or use a "
+                     "new --workdir (nothing was written)")
+
+
 def _save_config(config, workdir: epath.Path) -> None:
   path = workdir / "config.json"
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if path.exists() and path.read_text() != text:
-    old, new = json.loads(path.read_text()), json.loads(text)
-    changed = sorted(_diff_keys(old, new))
-    logging.warning("resuming %s with a config that differs from config.json in: %s",
-                    workdir, ", ".join(changed))
-    (workdir / "config.previous.json").write_text(path.read_text())
+    _, hyper = config_lib.resume_conflicts(json.loads(path.read_text()), json.loads(text))
+    if hyper:
+      logging.warning("resuming %s with changed settings: %s", workdir,
+                      config_lib.describe_changes(hyper, limit=50))
+      (workdir / "config.previous.json").write_text(path.read_text())
   path.write_text(text)
-
-
-def _diff_keys(a, b, prefix=""):
-  for k in set(a) | set(b):
-    va, vb = a.get(k), b.get(k)
-    if isinstance(va, dict) and isinstance(vb, dict):
-      yield from _diff_keys(va, vb, prefix + k + ".")
-    elif va != vb:
-      yield prefix + k
 
 
 class _SigtermFlag:
@@ -221,7 +239,7 @@ def _progress_line(step, total, rate, eta, means, last_eval):
     if key in means:
       parts.append(f"{label} {means[key]:.3f}")
   if last_eval is not None:
-    parts.append(f"eval acc {last_eval:.4f}")
+    parts.append(f"last eval: teacher top-1 {last_eval:.4f}")
   return " | ".join(parts)
 
 
@@ -234,6 +252,10 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
   """Trains (or resumes) and returns the summary. ``interrupt_at`` is a test hook that
   stops the process-equivalent abruptly (no final checkpoint) after that step."""
   t_start = time.time()
+  validate(config)
+  check_workdir(config, workdir)
+  console.say(f"building the {config.dataset.name} data and the {config.model.backbone} model "
+              f"for {config.algorithm} ...")
   trainer = Trainer(config, workdir, devices)
   workdir = trainer.workdir
   if trainer.is_main:
@@ -245,7 +267,8 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
         "image_size": config.data.image_size, "algorithm": config.algorithm,
         "num_labeled": len(trainer.train_data.labeled),
         "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
-        "steps_per_epoch": trainer.train_data.steps_per_epoch}, indent=2))
+        "steps_per_epoch": trainer.train_data.steps_per_epoch,
+        **console.provenance()}, indent=2))
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                  async_save=tcfg.async_checkpoint)
@@ -256,10 +279,12 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
     state, data_state = ckpt.restore(latest, trainer.abstract_state)
     batches.set_state(data_state)
     logging.info("resumed from step %d in %s", latest, ckpt.directory)
-    print(f"resuming from the checkpoint at step {latest} in {ckpt.directory}", file=sys.stderr)
   else:
     state = trainer.fresh_state()
+  console.say(console.banner(config, trainer, latest, workdir))
   writer = metrics_lib.MetricWriter(workdir, trainer.dataset.class_names)
+  if latest is None:
+    writer.config(config)
   start_step = int(jax.device_get(state.step))
   total = tcfg.num_steps
   last_eval = None
@@ -278,6 +303,8 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
           host_batch = next(batches)
           batch = parallel.global_batch(host_batch, trainer.batch_sharding)
           t0 = time.time()
+          if compile_s is None:
+            console.say(f"compiling the train step (step {step + 1} of {total}) ...")
           state, step_metrics = trainer.train_step(state, batch)
           acc = _accumulate(acc, step_metrics, jnp.int32(step))
         step += 1
@@ -329,11 +356,8 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
     _plot_thresholds(workdir, trainer.dataset.class_names)
     from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
-    t = summary["teacher"]
-    print(f"final test accuracy (teacher): {t['final_top1']:.4f}  "
-          f"mean per-class: {t['final_mean_class_acc']:.4f}  "
-          f"best: {t['best_top1']:.4f} at step {t['best_step']}  | student final: "
-          f"{summary['student']['final_top1']:.4f}  [{workdir}/summary.json]", flush=True)
+    final_eval = eval_history(workdir)[summary["final_step"]]
+    console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))
   return summary
 
 
@@ -345,10 +369,14 @@ def _write_eval(trainer, state, step, writer, workdir) -> float:
   if trainer.is_main:
     (workdir / "eval" / f"step_{step}.json").write_text(json.dumps(
         {"step": step, "class_names": list(trainer.dataset.class_names), **results}))
-    plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names,
-                        workdir / "eval" / f"confusion_teacher_step_{step}.png",
+    png = workdir / "eval" / f"confusion_teacher_step_{step}.png"
+    plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
                         f"teacher, step {step}: top-1 {results['teacher']['top1']:.3f}, "
                         f"mean per-class {results['teacher']['mean_class_acc']:.3f}")
+    writer.image("eval_teacher/confusion", png, step)
+    if _plot_thresholds(workdir, trainer.dataset.class_names):
+      writer.image("algo/thresholds", workdir / "thresholds.png", step)
+    console.say(console.eval_line(step, trainer.config.train.num_steps, results))
   writer.flush()
   return results["teacher"]["top1"]
 
@@ -367,7 +395,7 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
   history = {s: r for s, r in eval_history(workdir).items() if s <= cfg.train.num_steps}
   final_step = max(history)
   out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
-         "num_steps": cfg.train.num_steps, "num_labeled": len(trainer.train_data.labeled),
+         "num_steps": cfg.train.num_steps, "final_step": final_step, "num_labeled": len(trainer.train_data.labeled),
          "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
          "class_names": list(trainer.dataset.class_names),
          "wall_time_s": wall, "compile_s": compile_s,
@@ -382,13 +410,35 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
   return out
 
 
-def _plot_thresholds(workdir, class_names) -> None:
+def _plot_thresholds(workdir, class_names) -> bool:
+  """WORKDIR/thresholds.png from the logged per-class thresholds; False if there are none."""
   rows = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl", "train")
           if any(k.startswith("algo/tau/") for k in r)]
   if not rows:
-    return
+    return False
   by_step = {r["step"]: r for r in rows}  # a resumed run's repeated steps: the later row wins
   steps = sorted(by_step)
   series = {name: [by_step[s].get(f"algo/tau/{name}") for s in steps] for name in class_names
             if f"algo/tau/{name}" in rows[-1]}
   plots.curves_png(steps, series, workdir / "thresholds.png", "per-class thresholds", "tau")
+  return True
+
+
+def dry_run(config) -> str:
+  """The resolved config and the label split (per-class counts), without training or
+  writing anything: ``python -m ssfer_jax.main --dry_run``."""
+  validate(config)
+  algorithm = algorithms.get_algorithm(config.algorithm)
+  dataset = load_dataset(config)
+  data = pipeline.split_train(dataset, config, algorithm, None)
+  labels = np.asarray(dataset.train.labels)
+  lab = np.bincount(labels[np.asarray(data.labeled_ids)], minlength=dataset.num_classes)
+  allc = np.bincount(labels, minlength=dataset.num_classes)
+  width = max(len(n) for n in dataset.class_names) + 2
+  lines = [config.to_json_best_effort(indent=2, sort_keys=True),
+           f"split of {config.dataset.name} train ({len(labels)} images) for {config.algorithm}: "
+           f"{len(data.labeled)} labeled, {len(data.unlabeled) if data.unlabeled else 0} "
+           f"unlabeled, {len(dataset.test)} test; {data.steps_per_epoch} steps per epoch",
+           f"  {'class':<{width}}{'train':>8}{'labeled':>9}"]
+  lines += [f"  {n:<{width}}{int(a):>8}{int(b):>9}" for n, a, b in zip(dataset.class_names, allc, lab)]
+  return "\n".join(lines)

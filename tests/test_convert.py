@@ -187,7 +187,7 @@ def test_load_into_wrong_model_and_bad_files(torch_net, tmp_path):
     pretrained.load_into(variables["params"], variables["batch_stats"], tmp_path / "nothing")
   garbage = tmp_path / "garbage.pth"
   garbage.write_bytes(b"this is not a checkpoint")
-  assert convert.main([f"--input={garbage}", f"--output={tmp_path / 'x'}", "--arch=resnet18"]) == 1
+  assert convert.main([f"--input={garbage}", f"--output={tmp_path / 'x'}", "--arch=resnet18"]) == 2
   with pytest.raises(ValueError, match="garbage.pth.*--trust_pickle"):
     convert.convert_file(garbage, tmp_path / "x", "resnet18")
 

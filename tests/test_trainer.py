@@ -175,7 +175,7 @@ def test_sigkill_midway_then_same_command_resumes(tmp_path):
   assert not (workdir / "summary.json").exists()
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "resuming from the checkpoint at step" in res.stderr
+  assert "resuming from the checkpoint at step" in res.stdout
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["num_steps"] == 120
   assert not (workdir / "config.previous.json").exists()  # the very same command

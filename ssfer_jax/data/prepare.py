@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 from etils import epath
 
+from ssfer_jax import cli
 from ssfer_jax.data import builders, tfds_sources
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to prepare.")
@@ -83,7 +84,7 @@ def main(argv):
   del argv
   for f in ("dataset", "manual_dir", "data_dir"):
     if not flags.FLAGS[f].value:
-      raise app.UsageError(f"--{f} is required")
+      raise cli.UserError(f"--{f} is required (python -m ssfer_jax.data.prepare --help)")
   tfds.enable_progress_bar()
   builder = prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, overwrite=_OVERWRITE.value,
                     num_classes=_NUM_CLASSES.value, skip_bad_images=_SKIP_BAD_IMAGES.value,
@@ -93,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

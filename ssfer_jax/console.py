@@ -1,0 +1,126 @@
+"""What a training run prints: the start banner, one line per evaluation, the final table,
+and the provenance (commit, command line, versions, devices) that run_info.json records.
+
+Only process 0 prints. Lines go to stdout (the live progress line goes to stderr).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
+            "ml-collections", "numpy")
+
+
+def say(text: str) -> None:
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def git_commit() -> str | None:
+  """The source checkout's commit (``+dirty`` with uncommitted changes); None if not a checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, timeout=10)
+    if head.returncode != 0:
+      return None
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def versions() -> dict:
+  out = {"python": platform.python_version()}
+  for name in PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  return out
+
+
+def devices_info() -> dict:
+  devs = jax.devices()
+  return {"platform": devs[0].platform, "device_kind": devs[0].device_kind,
+          "num_devices": len(devs), "num_local_devices": jax.local_device_count(),
+          "num_processes": jax.process_count()}
+
+
+def provenance() -> dict:
+  """What run_info.json and report.html record about how and where a run was made."""
+  return {"git_commit": git_commit(), "command_line": shlex.join(sys.argv),
+          "cwd": os.getcwd(), "versions": versions(), "devices": devices_info()}
+
+
+def banner(config, trainer, resumed_from: int | None, workdir) -> str:
+  """The start banner: method, data and split, model, devices and mesh, schedule, workdir."""
+  ds, td = trainer.dataset, trainer.train_data
+  n_unl = len(td.unlabeled) if td.unlabeled else 0
+  per_class = np.bincount(np.asarray(ds.train.labels)[np.asarray(td.labeled_ids)],
+                          minlength=ds.num_classes)
+  m = config.model
+  dev = devices_info()
+  mesh = ", ".join(f"{k}={v}" for k, v in trainer.mesh.shape.items())
+  lines = [
+      f"ssfer_jax: {config.algorithm} on {config.dataset.name} "
+      f"({ds.num_classes} classes: {', '.join(ds.class_names)})",
+      f"  data    {len(ds.train)} train images: {len(td.labeled)} labeled "
+      f"({' '.join(str(int(c)) for c in per_class)} per class), {n_unl} unlabeled; "
+      f"{len(ds.test)} test; {config.data.image_size} px x {ds.channels} ch",
+      f"  model   {m.backbone}, attention {'on' if m.attention else 'off'}, feature dropout "
+      f"{m.feature_dropout}, compute {m.compute_dtype}",
+      f"  batch   {config.data.batch_size} labeled"
+      + (f" + {config.data.batch_size * config.data.uratio} unlabeled" if n_unl else "")
+      + f" per step; pseudo-labels from the {config.pseudo_label_source}",
+      f"  steps   {config.train.num_steps} ({td.steps_per_epoch} per epoch); evaluate every "
+      f"{config.train.eval_every}, checkpoint every {config.train.checkpoint_every}",
+      f"  devices {dev['num_devices']} x {dev['device_kind']} ({dev['platform']}), "
+      f"{dev['num_processes']} process(es); mesh {mesh}"
+      + (f"; XLA:CPU path {trainer.xla_cpu_path}" if getattr(trainer, "xla_cpu_path", None)
+         else ""),
+      f"  workdir {workdir} "
+      + (f"(resuming from the checkpoint at step {resumed_from})" if resumed_from is not None
+         else "(new run)"),
+  ]
+  return "\n".join(lines)
+
+
+def eval_line(step: int, total: int, results: dict) -> str:
+  parts = [f"eval step {step}/{total}:"]
+  for net in ("teacher", "student"):
+    r = results[net]
+    parts.append(f"{net} top-1 {r['top1']:.4f} mean/class {r['mean_class_acc']:.4f} "
+                 f"macro-F1 {r['macro_f1']:.4f}")
+  return " ".join(parts[:1]) + " " + " | ".join(parts[1:])
+
+
+def results_table(summary: dict, final_eval: dict, class_names, workdir) -> str:
+  """The end of a run: headline accuracies, the per-class table and where the report is."""
+  t, s = summary["teacher"], summary["student"]
+  lines = [
+      f"final test accuracy (teacher): {t['final_top1']:.4f}  mean per-class: "
+      f"{t['final_mean_class_acc']:.4f}  macro-F1: {t['final_macro_f1']:.4f}  best: "
+      f"{t['best_top1']:.4f} at step {t['best_step']}  | student final: {s['final_top1']:.4f}",
+  ]
+  width = max(len(n) for n in class_names) + 2
+  lines.append(f"  {'class':<{width}}{'support':>8}{'teacher P':>11}{'teacher R':>11}"
+               f"{'student P':>11}{'student R':>11}")
+  for i, name in enumerate(class_names):
+    te, st = final_eval["teacher"], final_eval["student"]
+    support = te["support"][i]
+    rec = lambda m: f"{m['per_class_recall'][i]:.3f}" if support else "-"  # noqa: E731
+    lines.append(f"  {name:<{width}}{support:>8}{te['per_class_precision'][i]:>11.3f}"
+                 f"{rec(te):>11}{st['per_class_precision'][i]:>11.3f}{rec(st):>11}")
+  lines.append(f"  summary: {workdir}/summary.json   report: {workdir}/report.html")
+  return "\n".join(lines)
