@@ -394,6 +394,20 @@ def cross_eval_section(run: Run) -> str:
        "teacher top-1", "teacher mean per-class", "teacher macro-F1", "student top-1"], rows, left=1))
 
 
+def provenance_section(run: Run) -> str:
+  """How the run was made: commit, command line, package versions, devices (run_info.json)."""
+  info = run.info
+  if not info.get("versions"):
+    return '<p class="note">run_info.json records no provenance (a run from before it did)</p>'
+  dev = info.get("devices") or {}
+  rows = [["git commit", info.get("git_commit") or "not a git checkout"],
+          ["command line", info.get("command_line", "?")],
+          ["devices", f"{dev.get('num_devices', '?')} x {dev.get('device_kind', '?')} "
+                      f"({dev.get('platform', '?')}), {dev.get('num_processes', '?')} process(es)"]]
+  rows += [[name, version or "not installed"] for name, version in info["versions"].items()]
+  return "<h3>Provenance</h3>" + _table(["", ""], rows, left=2)
+
+
 def run_section(run: Run, index: int) -> str:
   parts = [f'<h2 id="{_anchor(index)}">{_e(run.name)}</h2>']
   algo = run.get("algorithm") or "?"
@@ -424,6 +438,7 @@ def run_section(run: Run, index: int) -> str:
     parts.append("<h3>Final confusion matrix</h3>"
                  f'<div class="grid">{_figure(cm[0], cm[1], caption=True, cls="cm")}</div>')
   parts.append(cross_eval_section(run))
+  parts.append(provenance_section(run))
   if run.config is not None:
     parts.append("<details><summary>config.json</summary><pre>"
                  + _e(json.dumps(run.config, indent=2, sort_keys=True)) + "</pre></details>")
