@@ -57,6 +57,16 @@ def test_utf16_without_bom_and_latin1_name_the_file(tmp_path):
     prepare("csv_list", tmp_path / "c", tmp_path / "d2")
 
 
+@pytest.mark.parametrize("name", ["rafdb", "csv_list", "fer2013"])
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])      # Windows; old Mac Excel "CSV"
+def test_any_newline_convention_is_read(tmp_path, name, newline):
+  expected = fixtures.write_dataset(name, tmp_path / "m")
+  for rel in fixtures.TEXT_FILES[name]:
+    path = tmp_path / "m" / rel
+    path.write_bytes(newline.join(path.read_text().splitlines()).encode())
+  _build_and_load(name, tmp_path / "m", tmp_path / "data", expected, **fixtures.BUILD_ARGS[name])
+
+
 # ---------------------------------------------------------------- duplicates
 
 def _append_copy(rel, line):

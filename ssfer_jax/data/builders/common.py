@@ -19,7 +19,7 @@ flags of ``python -m ssfer_jax.data.prepare``):
 
 Reading the user's files (one place, used by every builder):
 
-* label and CSV files (``read_text``, ``text_lines``, ``csv_rows``) may be UTF-8 with or
+* label and CSV files (``text_lines``, ``csv_rows``) may be UTF-8 with or
   without a byte-order mark (Excel's "CSV UTF-8", Windows editors) or UTF-16 with one;
   anything else is an error naming file (and line) that says how to re-save it;
 * a key (image name or path) listed twice in a split is a bad row whose message names
@@ -317,35 +317,51 @@ def find_file(manual_dir, candidates: Iterable[str], what: str, instructions: st
   raise FileNotFoundError(f"{what} not found; looked for: {', '.join(tried)}.\n{instructions}")
 
 
-def read_text(path) -> str:
-  """The text of a label / CSV file, decoded by its byte-order mark (UTF-8 without one).
-
-  Anything else is an error naming the file (and line) and how to re-save it."""
-  path = epath.Path(path)
-  data = path.read_bytes()
-  enc = next((e for bom, e in _BOMS if data.startswith(bom)), None)
-  if enc is None and b"\x00" in data[:4096]:
+def text_encoding(path) -> str:
+  """A label / CSV file's encoding by its byte-order mark: ``utf-8-sig``, ``utf-16``, or
+  ``utf-8`` without one. NUL bytes without a mark are an error naming the file."""
+  with epath.Path(path).open("rb") as f:
+    head = f.read(4096)
+  enc = next((e for bom, e in _BOMS if head.startswith(bom)), "utf-8")
+  if enc == "utf-8" and b"\x00" in head:
     raise BadInputError(f"{path}: contains NUL bytes, so it is UTF-16 without a byte-order mark, "
                         f"or not text; {_RESAVE}")
+  return enc
+
+
+def _lines(path, newline: str | None) -> Iterator[str]:
+  """Streams the lines of a text file (FER2013's csv is 287 MB: never held as one str)."""
+  enc = text_encoding(path)
   try:
-    return data.decode(enc or "utf-8")
+    with epath.Path(path).open("rb") as b, io.TextIOWrapper(b, encoding=enc, newline=newline) as f:
+      yield from f
+  except UnicodeDecodeError:
+    raise _not_text(epath.Path(path), enc) from None
+
+
+def _not_text(path, enc: str) -> BadInputError:
+  """The error for undecodable text, at its exact line (decodes the file once more)."""
+  data = path.read_bytes()
+  try:
+    data.decode(enc)
   except UnicodeDecodeError as e:
     if enc == "utf-16":
-      raise BadInputError(f"{path}: not valid UTF-16 at byte {e.start} ({e.reason}); {_RESAVE}") from None
+      return BadInputError(f"{path}: not valid UTF-16 at byte {e.start} ({e.reason}); {_RESAVE}")
     line = data.count(b"\n", 0, e.start) + 1
-    raise BadInputError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}: {e.reason}; "
-                        f"Latin-1 / Windows-1252?); {_RESAVE}") from None
+    return BadInputError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}: {e.reason}; "
+                         f"Latin-1 / Windows-1252?); {_RESAVE}")
+  return BadInputError(f"{path}: not valid {enc} text; {_RESAVE}")
 
 
 def text_lines(path) -> Iterator[tuple[int, str]]:
-  """(line number, line without its newline) of a text file read with ``read_text``."""
-  for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+  """(line number, line without its newline) of a label file; any newline convention."""
+  for lineno, line in enumerate(_lines(path, None), 1):
     yield lineno, line.rstrip("\n")
 
 
 def csv_rows(path) -> Iterator[tuple[int, list]]:
-  """(line number, row) of a CSV file read with ``read_text``; blank lines are left out."""
-  reader = csv.reader(io.StringIO(read_text(path), newline=""))
+  """(line number, row) of a CSV file; blank lines are left out."""
+  reader = csv.reader(_lines(path, ""))
   try:
     for row in reader:
       if len(row) > 1 or (row and row[0].strip()):
