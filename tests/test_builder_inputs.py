@@ -262,3 +262,14 @@ def test_undefined_label_names_its_line_once(tmp_path, name, rel, line, cells):
   assert msg.startswith(f"{path}:{line}: label {list(cells.values())[0]} is not one of the dataset's "
                         "labels [0, 1, 2, 3, 4, 5, 6"), msg
   assert msg.count(os.path.basename(rel)) == 1, msg
+
+
+def test_affectnet_headerless_validation_row_with_missing_column(tmp_path):
+  fixtures.write_affectnet(tmp_path / "an")
+  path = tmp_path / "an" / "Manually_Annotated_file_lists" / "validation.csv"
+  lines = path.read_text().splitlines()
+  lines[2] = lines[2].rsplit(",", 1)[0]          # arousal cut off
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(BadInputError, match=r"validation.csv:3: expected 9 columns \(in the documented "
+                     r"order: the file has no header\), got 8\. Fix or delete this line"):
+    prepare("affectnet7", tmp_path / "an", tmp_path / "d")

@@ -98,7 +98,7 @@ class SsferAffectnet(common.FerBuilder):
     columns, has_header = self._columns(split, path, first_line, first)
     if first and not has_header:
       rows = itertools.chain([(first_line, first)], rows)
-    layout = "the header" if has_header else "the documented order, as the file has no header"
+    layout = "as in its header" if has_header else "in the documented order: the file has no header"
     col_path, col_expr = columns.index("subDirectory_filePath"), columns.index("expression")
     image_root = None
     for lineno, row in rows:
