@@ -61,11 +61,15 @@ AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "
                     "facial_landmarks", "expression", "valence", "arousal"]
 
 
-def write_affectnet(root, per_class=(2, 1), *, validation_header=False, extra_codes=(7, 8, 9, 10)):
+def write_affectnet(root, per_class=(2, 1), *, validation_header=False, extra_codes=(7, 8, 9, 10),
+                    training_columns=None):
   """Manually_Annotated_file_lists/{training,validation}.csv + Manually_Annotated_Images/.
 
   Rows of codes 0-6 per_class times, plus one row of each code in ``extra_codes``.
-  Returns expected labels for the 8-class config (contempt = 7 kept)."""
+  ``validation_header``: False (none, the columns in the official order), True (the
+  official header) or a list: that column order, with its header. ``training_columns``:
+  training.csv's column order (default the official one). Returns expected labels for
+  the 8-class config (contempt = 7 kept)."""
   expected = {"train": [], "validation": []}
   lists = os.path.join(root, "Manually_Annotated_file_lists")
   os.makedirs(lists, exist_ok=True)
@@ -83,11 +87,13 @@ def write_affectnet(root, per_class=(2, 1), *, validation_header=False, extra_co
       rows.append([rel, 10, 10, 80, 80, "1.0;2.0;3.0", code, 0.1, -0.2])
       if canon is not None:
         expected[split].append((rel, canon))
+    order = training_columns if split == "train" else validation_header
+    order = list(order) if isinstance(order, (list, tuple)) else AFFECTNET_HEADER
     with open(os.path.join(lists, fname), "w", newline="") as f:
       w = csv.writer(f)
       if split == "train" or validation_header:
-        w.writerow(AFFECTNET_HEADER)
-      w.writerows(rows)
+        w.writerow(order)
+      w.writerows([[row[AFFECTNET_HEADER.index(c)] for c in order] for row in rows])
   return expected
 
 
@@ -208,3 +214,38 @@ def write_csv_list(root, labels, per_class=(2, 1), *, header=True):
     with open(os.path.join(root, f"{split}.csv"), "w", newline="") as f:
       csv.writer(f).writerows(lines)
   return expected
+
+
+# The label / CSV files of each text-file dataset (relative to its manual_dir), and the
+# arguments that build and load it in tests/test_builders.py's ``_build_and_load``.
+TEXT_FILES = {
+    "rafdb": ("EmoLabel/list_patition_label.txt",),
+    "affectnet7": ("Manually_Annotated_file_lists/training.csv",
+                   "Manually_Annotated_file_lists/validation.csv"),
+    "fer2013": ("fer2013.csv",),
+    "ferplus": ("fer2013new.csv", "fer2013.csv"),
+    "csv_list": ("train.csv", "test.csv"),
+}
+BUILD_ARGS = {
+    "rafdb": {},
+    "affectnet7": {"test_split": "validation"},
+    "fer2013": {"channels": 1},
+    "ferplus": {"num_classes": 8, "channels": 1, "prepare_kw": {"num_classes": 8},
+                "load_kw": {"num_classes": 8}},
+    "csv_list": {},
+}
+
+
+def write_dataset(name, root):
+  """Writes dataset ``name`` of TEXT_FILES; returns its expected {split: [(file, label)]}."""
+  if name == "rafdb":
+    return write_rafdb(root)
+  if name == "affectnet7":
+    return {s: [e for e in v if e[1] < 7] for s, v in write_affectnet(root).items()}
+  if name == "fer2013":
+    return write_fer2013(root)
+  if name == "ferplus":
+    return {s: [e[:2] for e in v] for s, v in write_ferplus(root).items()}
+  if name == "csv_list":
+    return write_csv_list(root, list(classes.CANONICAL7))
+  raise ValueError(name)

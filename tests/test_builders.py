@@ -269,8 +269,10 @@ def test_malformed_line_names_file_and_line(tmp_path):
 def test_label_out_of_range(tmp_path):
   manual, label_file = _rafdb(tmp_path)
   _replace_line(label_file, 2, "train_00002.jpg 8")
-  with pytest.raises(BadInputError, match=r"list_patition_label.txt:2: bad label '8'"):
+  with pytest.raises(BadInputError, match=r"list_patition_label.txt:2: label 8 is not one of the "
+                     r"dataset's labels \[1, 2, 3, 4, 5, 6, 7\]\. Fix or delete this line") as e:
     prepare("rafdb", manual, tmp_path / "d1")
+  assert str(e.value).count("list_patition_label.txt") == 1
   fixtures.write_csv_list(tmp_path / "c", [str(i) for i in range(7)])
   with open(tmp_path / "c" / "train.csv", "a") as f:
     f.write("images/train_0_0.png,9\n")
@@ -296,7 +298,7 @@ def test_bad_csv_rows(tmp_path):
   assert b.info.metadata["report"]["train"]["events"]["skipped_bad_row"] == 1
   fixtures.write_csv_list(tmp_path / "c", ["happy", "sad"])
   with open(tmp_path / "c" / "test.csv", "a") as f:
-    f.write("images/test_0_0.png,3\n")
+    f.write("images/test_0_1.png,3\n")
   with pytest.raises(BadInputError, match="mix integers and class names"):
     prepare("csv_list", tmp_path / "c", tmp_path / "d3", allow_empty_classes=True)
 

@@ -5,7 +5,7 @@ r"""Prepares a real dataset from the user's manual download into TFDS ArrayRecor
 
 TFDS shows a progress bar per split; at the end a table gives, per split, the number of
 examples of every class (read back from the written records) and everything the builder
-skipped, dropped or converted. Then train with ``config.dataset.name=rafdb`` and
+skipped, dropped, ignored (hidden files, unexpected folders) or converted. Then train with ``config.dataset.name=rafdb`` and
 ``config.dataset.data_dir=/data/tfds``. Datasets: see ``ssfer_jax/data/builders``. No
 TensorFlow is needed (and ``tfds build`` cannot be used without it).
 """
@@ -73,7 +73,8 @@ def summary(builder) -> str:
   for c, n in enumerate(names):
     lines.append(f"{c} {n}".ljust(width) + "".join(str(counts[s][c]).rjust(12) for s in splits))
   lines.append("total".ljust(width) + "".join(str(sum(counts[s])).rjust(12) for s in splits))
-  for s, rep in (meta.get("report") or {}).items():
+  reports = {"manual_dir": meta.get("layout") or {}, **(meta.get("report") or {})}
+  for s, rep in reports.items():
     for event, k in rep.get("events", {}).items():
       ex = rep.get("event_examples", {}).get(event, [])
       lines.append(f"[{s}] {event}: {k}" + (f"   e.g. {ex[0]}" if ex else ""))

@@ -7,7 +7,8 @@ Reads the official download exactly (SPEC §4):
     <manual_dir>/Manually_Annotated_Images/<subDirectory_filePath>   (or
     <manual_dir>/Manually_Annotated/Manually_Annotated_Images/..., or <manual_dir>/<path>)
 
-``validation.csv`` may lack the header; then training.csv's column order is used. Codes
+Each file is parsed by its own header row; ``validation.csv`` may lack it (SPEC §4), and
+its columns then follow the documented order (``COLUMNS``, training.csv's official header). Codes
 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger, 7 Contempt map to the
 canonical order through ``classes.AFFECTNET``; 8 None, 9 Uncertain, 10 Non-face are not
 expressions and are dropped (counted per code), and so is 7 Contempt in the 7-class
@@ -17,8 +18,7 @@ Splits: ``train`` (imbalanced) and ``validation`` (balanced; the test set).
 
 from __future__ import annotations
 
-import csv
-import io
+import itertools
 
 import tensorflow_datasets as tfds
 
@@ -27,6 +27,9 @@ from ssfer_jax.data.builders import common
 
 NOT_EXPRESSIONS = {8: "none", 9: "uncertain", 10: "non_face"}
 LIST_DIRS = ("", "Manually_Annotated_file_lists/")
+COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+           "facial_landmarks", "expression", "valence", "arousal")   # the official header
+NEEDED = ("subDirectory_filePath", "expression")
 IMAGE_DIRS = ("Manually_Annotated_Images", "Manually_Annotated/Manually_Annotated_Images", "")
 
 INSTRUCTIONS = """\
@@ -66,20 +69,21 @@ class SsferAffectnet(common.FerBuilder):
                                  INSTRUCTIONS)
     val_csv = common.find_file(root, [d + "validation.csv" for d in LIST_DIRS],
                                "AffectNet validation.csv", INSTRUCTIONS)
-    header = self._header(train_csv)
-    return {"train": self._examples("train", self._generate("train", train_csv, header, root)),
-            "validation": self._examples("validation",
-                                         self._generate("validation", val_csv, header, root))}
+    return {"train": self._examples("train", self._generate("train", train_csv, root)),
+            "validation": self._examples("validation", self._generate("validation", val_csv, root))}
 
-  def _header(self, path):
-    with path.open("r") as f:
-      first = next(csv.reader(f), [])
-    names = [c.strip() for c in first]
-    missing = [c for c in ("subDirectory_filePath", "expression") if c not in names]
-    if missing:
-      raise common.BadInputError(f"{path}:1: header lacks column(s) {missing}; got {names}. "
-                                 "training.csv must start with the official header row")
-    return names
+  def _columns(self, split, path, lineno, names):
+    """(column names, whether the first row ``names`` is the header). Only validation.csv
+    may lack the header; a first row naming none of the columns then is data."""
+    if all(c in names for c in NEEDED):
+      return names, True
+    if split == "validation" and not set(names) & set(COLUMNS):
+      return list(COLUMNS), False
+    missing = [c for c in NEEDED if c not in names]
+    raise common.BadInputError(
+        f"{path}:{lineno}: header lacks column(s) {missing}; got {names}. Start the "
+        f"file with the official header {','.join(COLUMNS)}"
+        + (" (or with no header: then its columns are read in that order)" if split == "validation" else ""))
 
   def _image_root(self, root, rel: str):
     for d in IMAGE_DIRS:
@@ -88,22 +92,26 @@ class SsferAffectnet(common.FerBuilder):
         return base
     return None
 
-  def _generate(self, split, path, header, root):
+  def _generate(self, split, path, root):
     rep = self.report(split)
-    text = path.read_text()
-    rows = csv.reader(io.StringIO(text))
-    col_path, col_expr = header.index("subDirectory_filePath"), header.index("expression")
+    first_line, first, rows = common.csv_header(path)
+    columns, has_header = self._columns(split, path, first_line, first)
+    if first and not has_header:
+      rows = itertools.chain([(first_line, first)], rows)
+    layout = "as in its header" if has_header else "in the documented order: the file has no header"
+    col_path, col_expr = columns.index("subDirectory_filePath"), columns.index("expression")
     image_root = None
-    for lineno, row in enumerate(rows, 1):
+    for lineno, row in rows:
       src = f"{path}:{lineno}"
-      if not row or not "".join(row).strip():
-        continue
-      if lineno == 1 and [c.strip() for c in row] == header:
-        continue  # the header (validation.csv may lack it)
-      if len(row) != len(header):
-        self.bad_row(split, src, f"expected {len(header)} columns like the header, got {len(row)}")
+      if len(row) != len(columns):
+        self.bad_row(split, src, f"expected {len(columns)} columns ({layout}), got {len(row)}")
         continue
       rel, code = row[col_path].strip(), row[col_expr].strip()
+      if not rel:
+        self.bad_row(split, src, "empty subDirectory_filePath")
+        continue
+      if not self.unique_key(split, rel, src):
+        continue
       try:
         code = int(code)
       except ValueError:
@@ -112,16 +120,11 @@ class SsferAffectnet(common.FerBuilder):
       if code in NOT_EXPRESSIONS:
         rep.count(f"dropped_code_{code}_{NOT_EXPRESSIONS[code]}")
         continue
-      try:
-        label = classes.to_canonical(classes.AFFECTNET, code, source=src, num_classes=self.num_classes)
-      except ValueError as e:
-        self.bad_row(split, src, str(e))
+      label = self.canonical(split, classes.AFFECTNET, code, src, num_classes=self.num_classes)
+      if label == common.SKIP:
         continue
       if label is None:
         rep.count(f"dropped_code_{code}_{classes.CANONICAL8[classes.AFFECTNET[code]]}")
-        continue
-      if not rel:
-        self.bad_row(split, src, "empty subDirectory_filePath")
         continue
       if image_root is None:
         image_root = self._image_root(root, rel)

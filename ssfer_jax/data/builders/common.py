@@ -17,6 +17,21 @@ flags of ``python -m ssfer_jax.data.prepare``):
   empty class folder, or no label line of that class) is an error; with the option it is
   a logged warning, recorded in the counts.
 
+Reading the user's files (one place, used by every builder):
+
+* label and CSV files (``text_lines``, ``csv_rows``) may be UTF-8 with or
+  without a byte-order mark (Excel's "CSV UTF-8", Windows editors) or UTF-16 with one;
+  anything else is an error naming file (and line) that says how to re-save it;
+* a key (image name or path) listed twice in a split is a bad row whose message names
+  both file:line positions (``unique_key``): TFDS needs unique keys, and its own
+  duplicate check would fail on a missing TensorFlow instead;
+* folders (``scan_folder``, ``split_folders``): hidden entries (``.DS_Store``, macOS
+  ``._x.jpg`` resource forks, other dotfiles, ``__MACOSX``) are ignored and counted; two
+  names in one folder that differ only in case (``train/`` + ``Train/``, one folder on
+  macOS / Windows) are an error naming both; a folder that is no expected split is a
+  counted warning, not an error, since official downloads carry some (SFEW's unlabelled
+  ``Test/``). A symlink loop is a bad image like an unreadable file.
+
 Grey (or palette, RGBA, CMYK, 16-bit) images in an RGB dataset are converted to RGB and
 counted. Everything that was dropped, skipped or converted is counted per split in
 ``builder.info.metadata['report']`` (saved as ``metadata.json`` next to the records) and
@@ -25,7 +40,9 @@ logged at the end of each split; ``prepare.py`` prints it.
 
 from __future__ import annotations
 
+import codecs
 import collections
+import csv
 import io
 import logging
 from typing import Iterable, Iterator
@@ -44,13 +61,20 @@ class BadInputError(ValueError):
   """Input files that do not follow the dataset's official format."""
 
 
-class SplitReport:
-  """Counts of one split: kept examples per class, and every skip / drop / conversion."""
+SKIP = -1   # FerBuilder.canonical: the row was a bad row, skipped (and counted)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_RESAVE = "save it as UTF-8 (Excel: 'CSV UTF-8'; a byte-order mark is fine) or as UTF-16 with a byte-order mark"
 
-  def __init__(self, split: str, class_names: tuple):
+
+class SplitReport:
+  """Counts of one split: kept examples per class, and every skip / drop / conversion.
+
+  Class names are given when reporting, since a generic builder only knows them after it
+  has scanned the folders (which already counts ignored files)."""
+
+  def __init__(self, split: str):
     self.split = split
-    self.class_names = tuple(class_names)
-    self.per_class = np.zeros(len(class_names), np.int64)
+    self.labels = collections.Counter()
     self.events = collections.Counter()
     self.examples = collections.defaultdict(list)   # event -> first few sources
 
@@ -61,9 +85,9 @@ class SplitReport:
     if warn:
       log.warning("[%s] %s: %s", self.split, event, source)
 
-  def as_dict(self) -> dict:
-    return {"examples": int(self.per_class.sum()),
-            "per_class": {n: int(c) for n, c in zip(self.class_names, self.per_class)},
+  def as_dict(self, class_names=()) -> dict:
+    return {"examples": sum(self.labels.values()),
+            "per_class": {n: self.labels[i] for i, n in enumerate(class_names)},
             "events": dict(sorted(self.events.items())),
             "event_examples": {k: list(v) for k, v in sorted(self.examples.items())}}
 
@@ -87,6 +111,8 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     self.skip_bad_rows = bool(skip_bad_rows)
     self.allow_empty_classes = bool(allow_empty_classes)
     self._reports: dict[str, SplitReport] = {}
+    self._keys: dict[str, dict] = {}
+    self.layout = SplitReport("manual_dir")   # what the folder scans of manual_dir ignored
     self._class_names_found: tuple | None = None
     super().__init__(file_format=file_format, **kwargs)
 
@@ -124,18 +150,41 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
   # ---- helpers for subclasses ----
   def report(self, split: str) -> SplitReport:
     if split not in self._reports:
-      self._reports[split] = SplitReport(split, self._current_class_names())
+      self._reports[split] = SplitReport(split)
     return self._reports[split]
 
   def _current_class_names(self) -> tuple:
     return self._class_names_found or self.class_names()
 
   def bad_row(self, split: str, source: str, why: str) -> None:
-    """A malformed line: raise naming ``source`` (file:line), or skip and count."""
+    """A malformed line: raise naming ``source`` (file:line) once, or skip and count."""
+    why = why.removeprefix(f"{source}: ")
     if not self.skip_bad_rows:
       raise BadInputError(f"{source}: {why}. Fix or delete this line, or prepare with "
                           "skip_bad_rows=True (--skip_bad_rows) to skip such lines (they are counted)")
     self.report(split).count("skipped_bad_row", f"{source}: {why}", warn=True)
+
+  def canonical(self, split: str, mapping: dict, label, source: str, *, num_classes: int = 7):
+    """``classes.to_canonical`` with a label the dataset does not define a bad row:
+    the canonical index, None (a class outside the label set, e.g. contempt in a 7-class
+    config) or ``SKIP`` (the row was skipped and counted)."""
+    from ssfer_jax.data import classes
+    if label not in mapping:
+      self.bad_row(split, source, f"label {label!r} is not one of the dataset's labels "
+                   f"{sorted(mapping, key=str)}")
+      return SKIP
+    return classes.to_canonical(mapping, label, source=source, num_classes=num_classes)
+
+  def unique_key(self, split: str, key: str, source: str) -> bool:
+    """True the first time ``key`` is listed in ``split``; a repeat is a bad row naming
+    both positions (False when skipped). Checked here because TFDS rejects duplicate keys
+    only at the end of a split, through TensorFlow, which this project does not have."""
+    seen = self._keys.setdefault(split, {})
+    if key in seen:
+      self.bad_row(split, source, f"{key!r} is listed twice (first at {seen[key]})")
+      return False
+    seen[key] = source
+    return True
 
   def read_image(self, split: str, path, *, source: str | None = None) -> bytes | None:
     """Encoded bytes of the image at ``path``, checked by decoding it fully.
@@ -148,8 +197,8 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     where = source or str(path)
     try:
       data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-      return self._bad_image(split, where, f"cannot read {path} ({type(e).__name__})")
+    except OSError as e:   # missing, a folder, no permission, a symlink loop, I/O error
+      return self._bad_image(split, where, f"cannot read the file ({e.strerror or type(e).__name__})")
     return self.check_image_bytes(split, data, where)
 
   def check_image_bytes(self, split: str, data: bytes, where: str) -> bytes | None:
@@ -170,6 +219,36 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
       return self._bad_image(split, where, f"not a readable image ({e})")
 
+  def split_folders(self, root, expected: dict, instructions: str) -> dict:
+    """{split: folder} of ``root``: names matched case-insensitively with ``expected[split]``
+    (alternatives, the first present wins). A split without a folder is an error listing
+    what was found. Any other folder (a less preferred alternative too) is logged and
+    counted as ``ignored_unexpected_folder`` in ``metadata['layout']``: a warning, not an
+    error, since every needed split was found and official downloads carry extra folders
+    (SFEW's unlabelled Test/); prepare's summary shows the count."""
+    dirs, _ = scan_folder(epath.Path(root), self.layout)
+    by_name = {d.name.casefold(): d for d in dirs}
+    out = {}
+    for split, names in expected.items():
+      found = [by_name[n.casefold()] for n in names if n.casefold() in by_name]
+      if not found:
+        raise FileNotFoundError(f"{root}: no {split} folder ({' or '.join(n + '/' for n in names)}); "
+                                f"found {[d.name + '/' for d in dirs]}.\n{instructions}")
+      out[split] = found[0]
+    using = ", ".join(f"{s}={d.name}/" for s, d in out.items())
+    for d in dirs:
+      if d not in out.values():
+        self.layout.count("ignored_unexpected_folder", f"{d} (split folders used: {using})", warn=True)
+    return out
+
+  def class_folders(self, split: str, split_dir) -> list:
+    """The sub-folders of a split folder (``scan_folder``); files beside them are counted."""
+    rep = self.report(split)
+    dirs, files = scan_folder(split_dir, rep)
+    for f in files:
+      rep.count("ignored_file_beside_class_folders", str(f), warn=True)
+    return dirs
+
   def _bad_image(self, split: str, where: str, why: str):
     if not self.skip_bad_images:
       raise BadInputError(f"{where}: {why}. Replace the file, or prepare with "
@@ -182,24 +261,27 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     that no class is empty, logs the report and stores it in the metadata."""
     rep = self.report(split)
     for key, ex in items:
-      rep.per_class[int(ex["label"])] += 1
+      rep.labels[int(ex["label"])] += 1
       yield key, ex
-    empty = [n for n, c in zip(rep.class_names, rep.per_class) if c == 0]
+    names = self._current_class_names()
+    empty = [n for i, n in enumerate(names) if rep.labels[i] == 0]
     if empty:
       msg = (f"split {split!r} has no example of class(es) {empty} "
-             f"(counts {rep.as_dict()['per_class']})")
+             f"(counts {rep.as_dict(names)['per_class']})")
       if not self.allow_empty_classes:
         raise BadInputError(msg + ". Check the manual download is complete, or prepare with "
                             "allow_empty_classes=True (--allow_empty_classes) to accept it")
       rep.count("empty_class", ",".join(empty))
       log.warning(msg)
-    log.info("[%s] %s", split, rep.as_dict())
+    log.info("[%s] %s", split, rep.as_dict(names))
     self._store_reports()
 
   def _store_reports(self) -> None:
     md = self.info.metadata
-    md["report"] = {s: r.as_dict() for s, r in self._reports.items()}
-    md["class_names"] = list(self._current_class_names())
+    names = self._current_class_names()
+    md["report"] = {s: r.as_dict(names) for s, r in self._reports.items()}
+    md["layout"] = {k: v for k, v in self.layout.as_dict().items() if k.startswith("event")}
+    md["class_names"] = list(names)
     md["test_split"] = self.TEST_SPLIT
     md["options"] = {"skip_bad_images": self.skip_bad_images, "skip_bad_rows": self.skip_bad_rows,
                      "allow_empty_classes": self.allow_empty_classes}
@@ -235,13 +317,101 @@ def find_file(manual_dir, candidates: Iterable[str], what: str, instructions: st
   raise FileNotFoundError(f"{what} not found; looked for: {', '.join(tried)}.\n{instructions}")
 
 
-def list_images(folder: epath.Path, split: str, rep: SplitReport) -> list[epath.Path]:
-  """Image files directly in ``folder`` (sorted); other files are counted and logged."""
-  out = []
+def text_encoding(path) -> str:
+  """A label / CSV file's encoding by its byte-order mark: ``utf-8-sig``, ``utf-16``, or
+  ``utf-8`` without one. NUL bytes without a mark are an error naming the file."""
+  with epath.Path(path).open("rb") as f:
+    head = f.read(4096)
+  enc = next((e for bom, e in _BOMS if head.startswith(bom)), "utf-8")
+  if enc == "utf-8" and b"\x00" in head:
+    raise BadInputError(f"{path}: contains NUL bytes, so it is UTF-16 without a byte-order mark, "
+                        f"or not text; {_RESAVE}")
+  return enc
+
+
+def _lines(path, newline: str | None) -> Iterator[str]:
+  """Streams the lines of a text file (FER2013's csv is 287 MB: never held as one str)."""
+  enc = text_encoding(path)
+  try:
+    with epath.Path(path).open("rb") as b, io.TextIOWrapper(b, encoding=enc, newline=newline) as f:
+      yield from f
+  except UnicodeDecodeError:
+    raise _not_text(epath.Path(path), enc) from None
+
+
+def _not_text(path, enc: str) -> BadInputError:
+  """The error for undecodable text, at its exact line (decodes the file once more)."""
+  data = path.read_bytes()
+  try:
+    data.decode(enc)
+  except UnicodeDecodeError as e:
+    if enc == "utf-16":
+      return BadInputError(f"{path}: not valid UTF-16 at byte {e.start} ({e.reason}); {_RESAVE}")
+    line = data.count(b"\n", 0, e.start) + 1
+    return BadInputError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}: {e.reason}; "
+                         f"Latin-1 / Windows-1252?); {_RESAVE}")
+  return BadInputError(f"{path}: not valid {enc} text; {_RESAVE}")
+
+
+def text_lines(path) -> Iterator[tuple[int, str]]:
+  """(line number, line without its newline) of a label file; any newline convention."""
+  for lineno, line in enumerate(_lines(path, None), 1):
+    yield lineno, line.rstrip("\n")
+
+
+def csv_rows(path) -> Iterator[tuple[int, list]]:
+  """(line number, row) of a CSV file; blank lines are left out."""
+  reader = csv.reader(_lines(path, ""))
+  try:
+    for row in reader:
+      if len(row) > 1 or (row and row[0].strip()):
+        yield reader.line_num, row
+  except csv.Error as e:
+    raise BadInputError(f"{path}:{reader.line_num}: not a valid CSV line ({e})") from None
+
+
+def csv_header(path) -> tuple[int, list, Iterator]:
+  """(line number of the first row, its cells stripped, an iterator of the rows after it)."""
+  rows = csv_rows(path)
+  lineno, first = next(rows, (1, []))
+  return lineno, [c.strip() for c in first], rows
+
+
+def is_hidden(name: str) -> bool:
+  """Dotfiles (.DS_Store, macOS ``._x.jpg`` resource forks) and macOS zip ``__MACOSX``."""
+  return name.startswith(".") or name == "__MACOSX"
+
+
+def scan_folder(folder, rep: SplitReport) -> tuple[list, list]:
+  """(sub-folders, other entries) of ``folder``, each sorted by name.
+
+  Hidden entries are left out and counted (``ignored_hidden``, not logged one by one:
+  a macOS copy has one resource fork per image). Two sub-folders whose names differ
+  only in case are an error naming both: macOS and Windows see one folder there, and
+  keeping either would silently drop the other."""
+  dirs, files = [], []
   for p in sorted(folder.iterdir(), key=lambda p: p.name):
-    if p.is_dir():
-      rep.count("ignored_subfolder", str(p), warn=True)
-    elif p.suffix.lower() in IMAGE_SUFFIXES:
+    if is_hidden(p.name):
+      rep.count("ignored_hidden", str(p))
+    else:
+      (dirs if p.is_dir() else files).append(p)
+  first = {}
+  for d in dirs:
+    other = first.setdefault(d.name.casefold(), d)
+    if other is not d:
+      raise BadInputError(f"{folder}: folders {other.name}/ and {d.name}/ differ only in case "
+                          "(one folder on macOS and Windows); merge them or rename one")
+  return dirs, files
+
+
+def list_images(folder, rep: SplitReport) -> list:
+  """Image files directly in ``folder`` (sorted); everything else is counted, most logged."""
+  dirs, files = scan_folder(folder, rep)
+  for d in dirs:
+    rep.count("ignored_subfolder", str(d), warn=True)
+  out = []
+  for p in files:
+    if p.suffix.lower() in IMAGE_SUFFIXES:
       out.append(p)
     else:
       rep.count(f"ignored_non_image_file{p.suffix.lower() or '(no suffix)'}", str(p), warn=True)

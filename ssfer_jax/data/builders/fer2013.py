@@ -12,9 +12,6 @@ is ``fer%07d.png`` with the 0-based data-row number: FERPlus' own image names.
 
 from __future__ import annotations
 
-import csv
-import io
-
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -37,44 +34,42 @@ def read_fer_csv(path, on_bad_row):
 
   ``on_bad_row(split, source, why)`` is called for a malformed row (it raises or counts);
   such rows still consume their row index, so indices keep matching FERPlus' rows.
+  Identical rows are both kept: the key is the row index, never the content, and FERPlus
+  aligns with fer2013.csv by that index.
   """
-  with path.open("r") as f:
-    reader = csv.reader(f)
-    header = [c.strip() for c in next(reader, [])]
-    missing = [c for c in ("emotion", "pixels", "Usage") if c not in header]
-    if missing:
-      raise common.BadInputError(f"{path}:1: header lacks column(s) {missing}; got {header}. "
-                                 "Expected the official header 'emotion,pixels,Usage'")
-    ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("Usage")
-    index = -1
-    for lineno, row in enumerate(reader, 2):
-      if not row:
-        continue
-      index += 1
-      src = f"{path}:{lineno}"
-      if len(row) != len(header):
-        on_bad_row("train", src, f"expected {len(header)} columns, got {len(row)}")
-        continue
-      usage = row[iu].strip()
-      split = USAGE_TO_SPLIT.get(usage)
-      if split is None:
-        on_bad_row("train", src, f"Usage {usage!r} is not one of {sorted(USAGE_TO_SPLIT)}")
-        continue
-      try:
-        code = int(row[ie])
-      except ValueError:
-        on_bad_row(split, src, f"emotion {row[ie]!r} is not an integer code 0-6")
-        continue
-      try:
-        pixels = np.array(row[ip].split(), np.int64)
-      except ValueError:
-        on_bad_row(split, src, "pixels must be space-separated integers")
-        continue
-      if pixels.size != 48 * 48 or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
-        on_bad_row(split, src, f"pixels must be 2304 integers in 0-255, got {pixels.size} "
-                   f"in [{pixels.min(initial=0)}, {pixels.max(initial=0)}]")
-        continue
-      yield index, split, code, pixels.astype(np.uint8).reshape(48, 48), src
+  first_line, header, reader = common.csv_header(path)
+  missing = [c for c in ("emotion", "pixels", "Usage") if c not in header]
+  if missing:
+    raise common.BadInputError(f"{path}:{first_line}: header lacks column(s) {missing}; got {header}. "
+                               "Expected the official header 'emotion,pixels,Usage'")
+  ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("Usage")
+  index = -1
+  for lineno, row in reader:
+    index += 1
+    src = f"{path}:{lineno}"
+    if len(row) != len(header):
+      on_bad_row("train", src, f"expected {len(header)} columns, got {len(row)}")
+      continue
+    usage = row[iu].strip()
+    split = USAGE_TO_SPLIT.get(usage)
+    if split is None:
+      on_bad_row("train", src, f"Usage {usage!r} is not one of {sorted(USAGE_TO_SPLIT)}")
+      continue
+    try:
+      code = int(row[ie])
+    except ValueError:
+      on_bad_row(split, src, f"emotion {row[ie]!r} is not an integer code 0-6")
+      continue
+    try:
+      pixels = np.array(row[ip].split(), np.int64)
+    except ValueError:
+      on_bad_row(split, src, "pixels must be space-separated integers")
+      continue
+    if pixels.size != 48 * 48 or pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
+      on_bad_row(split, src, f"pixels must be 2304 integers in 0-255, got {pixels.size} "
+                 f"in [{pixels.min(initial=0)}, {pixels.max(initial=0)}]")
+      continue
+    yield index, split, code, pixels.astype(np.uint8).reshape(48, 48), src
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -103,12 +98,9 @@ class SsferFer2013(common.FerBuilder):
     path = common.find_file(dl_manager.manual_dir, CSV_CANDIDATES, "FER2013 csv", INSTRUCTIONS)
     rows = {s: [] for s in USAGE_TO_SPLIT.values()}
     for index, split, code, pixels, src in read_fer_csv(path, self.bad_row):
-      try:
-        label = classes.to_canonical(classes.FER2013, code, source=src)
-      except ValueError as e:
-        self.bad_row(split, src, str(e))
-        continue
-      rows[split].append((index, label, pixels))
+      label = self.canonical(split, classes.FER2013, code, src)
+      if label != common.SKIP:
+        rows[split].append((index, label, pixels))
     return {s: self._examples(s, self._generate(r)) for s, r in rows.items()}
 
   def _generate(self, rows):

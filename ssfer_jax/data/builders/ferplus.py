@@ -17,8 +17,6 @@ as the ``votes`` feature for soft-label training.
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -105,33 +103,32 @@ class SsferFerplus(common.FerBuilder):
       if old_split != split:
         raise common.BadInputError(f"{src}: Usage {split!r} but the aligned row {old_src} says "
                                    f"{old_split!r}; the two files are not the aligned official ones")
+      if name and not self.unique_key(split, name, src):
+        continue
       rows[split].append((i, name, v, px, src))
     return {s: self._examples(s, self._generate(s, r)) for s, r in rows.items()}
 
   def _read_votes(self, path):
     out = []
-    with path.open("r") as f:
-      reader = csv.reader(f)
-      header = tuple(c.strip() for c in next(reader, []))
-      if header != HEADER:
-        raise common.BadInputError(f"{path}:1: header must be {','.join(HEADER)}; got {','.join(header)}")
-      for lineno, row in enumerate(reader, 2):
-        if not row:
-          continue
-        src = f"{path}:{lineno}"
-        split = fer2013.USAGE_TO_SPLIT.get(row[0].strip()) if row else None
-        try:
-          if len(row) != len(HEADER) or split is None:
-            raise ValueError(f"expected {len(HEADER)} columns and a Usage in "
-                             f"{sorted(fer2013.USAGE_TO_SPLIT)}, got {row[:2]}... ({len(row)} columns)")
-          v = np.array([int(x) for x in row[2:]], np.int32)
-          if v.min() < 0:
-            raise ValueError("vote counts must be >= 0")
-        except ValueError as e:
-          self.bad_row(split or "train", src, str(e))
-          out.append((None, None, None, src))  # keeps the row position
-          continue
-        out.append((split, row[1].strip(), v, src))
+    first_line, header, reader = common.csv_header(path)
+    if tuple(header) != HEADER:
+      raise common.BadInputError(f"{path}:{first_line}: header must be {','.join(HEADER)}; "
+                                 f"got {','.join(header)}")
+    for lineno, row in reader:
+      src = f"{path}:{lineno}"
+      split = fer2013.USAGE_TO_SPLIT.get(row[0].strip()) if row else None
+      try:
+        if len(row) != len(HEADER) or split is None:
+          raise ValueError(f"expected {len(HEADER)} columns and a Usage in "
+                           f"{sorted(fer2013.USAGE_TO_SPLIT)}, got {row[:2]}... ({len(row)} columns)")
+        v = np.array([int(x) for x in row[2:]], np.int32)
+        if v.min() < 0:
+          raise ValueError("vote counts must be >= 0")
+      except ValueError as e:
+        self.bad_row(split or "train", src, str(e))
+        out.append((None, None, None, src))  # keeps the row position
+        continue
+      out.append((split, row[1].strip(), v, src))
     return out
 
   def _generate(self, split, rows):

@@ -2,10 +2,12 @@
 
 **image_folder** (``SsferImageFolder``): ``<manual_dir>/train/<class>/*.jpg`` and
 ``<manual_dir>/test/<class>/...`` (the test folder may instead be named ``val`` or
-``validation``; split names are matched case-insensitively). **csv_list**
+``validation``, test first; split names are matched case-insensitively, and two that
+differ only in case are an error; other folders are counted and logged, as are hidden
+files such as macOS ``._*`` resource forks). **csv_list**
 (``SsferCsvList``): ``<manual_dir>/train.csv`` and ``<manual_dir>/test.csv`` with lines
 ``path,label`` (an optional header ``path,label``); paths are relative to ``manual_dir``
-(or absolute).
+(or absolute). A path listed twice in one file is a bad row naming both lines.
 
 Class order (both builders), see ``common.resolve_class_names``: when every class name is
 a canonical name or synonym (``happy``, ``Angry``, ``sadness``, ...; ``classes.SYNONYMS``),
@@ -18,9 +20,6 @@ stored as RGB (grey ones converted, counted). An empty class folder is an error 
 """
 
 from __future__ import annotations
-
-import csv
-import io
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -58,19 +57,10 @@ class SsferImageFolder(_Generic):
   MANUAL_DOWNLOAD_INSTRUCTIONS = FOLDER_INSTRUCTIONS
   DESCRIPTION = "A folder of class folders (see ssfer_jax/data/builders/generic.py)."
 
-  def _split_dirs(self, root):
-    dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
-    if "train" not in dirs:
-      raise FileNotFoundError(f"{root / 'train'} does not exist.\n{FOLDER_INSTRUCTIONS}")
-    test = next((dirs[n] for n in TEST_DIR_NAMES if n in dirs), None)
-    if test is None:
-      raise FileNotFoundError(f"{root} has no test/ (or val/, validation/) folder.\n{FOLDER_INSTRUCTIONS}")
-    return {"train": dirs["train"], "test": test}
-
   def _split_generators(self, dl_manager):
-    split_dirs = self._split_dirs(dl_manager.manual_dir)
-    folders = {s: sorted((p for p in d.iterdir() if p.is_dir()), key=lambda p: p.name)
-               for s, d in split_dirs.items()}
+    split_dirs = self.split_folders(dl_manager.manual_dir, {"train": ("train",), "test": TEST_DIR_NAMES},
+                                    FOLDER_INSTRUCTIONS)
+    folders = {s: self.class_folders(s, d) for s, d in split_dirs.items()}
     for s, fs in folders.items():
       if not fs:
         raise common.BadInputError(f"{split_dirs[s]} has no class folders.\n{FOLDER_INSTRUCTIONS}")
@@ -80,7 +70,7 @@ class SsferImageFolder(_Generic):
 
   def _generate(self, split, folders, mapping):
     rep = self.report(split)
-    listed = [(f, common.list_images(f, split, rep)) for f in folders]
+    listed = [(f, common.list_images(f, rep)) for f in folders]
     empty = [str(f) for f, files in listed if not files]
     if empty:
       if not self.allow_empty_classes:
@@ -129,9 +119,7 @@ class SsferCsvList(_Generic):
 
   def _parse(self, split, path):
     out = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(path.read_text())), 1):
-      if not row or not "".join(row).strip():
-        continue
+    for lineno, row in common.csv_rows(path):
       src = f"{path}:{lineno}"
       if lineno == 1 and [c.strip().lower() for c in row] == ["path", "label"]:
         continue
@@ -144,7 +132,8 @@ class SsferCsvList(_Generic):
         self.bad_row(split, src, f"label {i} is out of range: integer labels are canonical "
                      f"indices 0-{len(classes.CANONICAL8) - 1} {classes.CANONICAL8}")
         continue
-      out.append((row[0].strip(), lab, src))
+      if self.unique_key(split, row[0].strip(), src):
+        out.append((row[0].strip(), lab, src))
     return out
 
   def _generate(self, split, rows, mapping, root):

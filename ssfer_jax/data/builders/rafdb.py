@@ -59,8 +59,7 @@ class SsferRafdb(common.FerBuilder):
   def _parse(self, path):
     """{'train': [(name, label, 'file:line')], 'test': [...]} with every line checked."""
     rows = {"train": [], "test": []}
-    seen = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in common.text_lines(path):
       if not line.strip():
         continue
       src = f"{path}:{lineno}"
@@ -73,15 +72,12 @@ class SsferRafdb(common.FerBuilder):
       name, label = parts
       try:
         label = int(label)
-        canon = classes.to_canonical(classes.RAFDB, label, source=src)
-      except ValueError as e:
-        self.bad_row(split, src, f"bad label {parts[1]!r} ({e})")
+      except ValueError:
+        self.bad_row(split, src, f"label {label!r} is not an integer 1-7")
         continue
-      if name in seen:
-        self.bad_row(split, src, f"{name} is listed twice (first at line {seen[name]})")
-        continue
-      seen[name] = lineno
-      rows[split].append((name, canon, src))
+      canon = self.canonical(split, classes.RAFDB, label, src)
+      if canon != common.SKIP and self.unique_key(split, name, src):
+        rows[split].append((name, canon, src))
     return rows
 
   def _generate(self, split, rows, image_dir):

@@ -7,8 +7,10 @@ Reads the official layout (SPEC §4):
 
 A split folder that holds a single sub-folder containing the class folders (e.g.
 ``Train/Train_Aligned_Faces/Angry``) is also accepted. Folder names map to the canonical
-order through ``classes.SFEW``; an unknown folder name is an error. Files that are not
-images are counted and logged. ``Val`` is the test set (split ``validation``).
+order through ``classes.SFEW``; an unknown folder name is an error. Split folders are
+matched case-insensitively (``train/`` + ``Train/`` is an error); other folders, such as
+the unlabelled ``Test/``, and files that are not images are counted and logged; hidden
+files (macOS ``._*`` resource forks) are counted. ``Val`` is the test set (``validation``).
 """
 
 from __future__ import annotations
@@ -27,16 +29,6 @@ Train/<Class>/ and Val/<Class>/ with Class in Angry Disgust Fear Happy Neutral S
 """
 
 
-def class_folders(split_dir, allowed=None):
-  """The class folders of one split (descending once into a single wrapper folder)."""
-  subdirs = sorted((p for p in split_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
-  if len(subdirs) == 1 and (allowed is None or subdirs[0].name not in allowed):
-    inner = sorted((p for p in subdirs[0].iterdir() if p.is_dir()), key=lambda p: p.name)
-    if inner:
-      return inner
-  return subdirs
-
-
 class SsferSfew(common.FerBuilder):
   """SFEW 2.0, canonical 7-class labels; Val is the test set."""
 
@@ -51,12 +43,11 @@ class SsferSfew(common.FerBuilder):
     return classes.CANONICAL7
 
   def _split_generators(self, dl_manager):
+    split_dirs = self.split_folders(dl_manager.manual_dir, {s: (d,) for s, d in SPLIT_DIRS.items()},
+                                    INSTRUCTIONS)
     out = {}
-    for split, d in SPLIT_DIRS.items():
-      split_dir = dl_manager.manual_dir / d
-      if not split_dir.is_dir():
-        raise FileNotFoundError(f"SFEW folder {split_dir} does not exist.\n{INSTRUCTIONS}")
-      folders = class_folders(split_dir, classes.SFEW)
+    for split, split_dir in split_dirs.items():
+      folders = self._class_folders(split, split_dir)
       unknown = [f.name for f in folders if f.name not in classes.SFEW]
       if unknown:
         raise common.BadInputError(f"{split_dir}: folder(s) {unknown} are not SFEW classes "
@@ -64,11 +55,20 @@ class SsferSfew(common.FerBuilder):
       out[split] = self._examples(split, self._generate(split, folders))
     return out
 
+  def _class_folders(self, split, split_dir):
+    """The class folders of one split (descending once into a single wrapper folder)."""
+    subdirs = self.class_folders(split, split_dir)
+    if len(subdirs) == 1 and subdirs[0].name not in classes.SFEW:
+      inner = self.class_folders(split, subdirs[0])
+      if inner:
+        return inner
+    return subdirs
+
   def _generate(self, split, folders):
     rep = self.report(split)
     for folder in folders:
       label = classes.to_canonical(classes.SFEW, folder.name, source=str(folder))
-      for path in common.list_images(folder, split, rep):
+      for path in common.list_images(folder, rep):
         image = self.read_image(split, path)
         if image is None:
           continue
