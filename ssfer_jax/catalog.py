@@ -1,4 +1,5 @@
-"""What exists: the config files, methods, variants/ablations and datasets a run can name.
+"""What exists: the config files, methods, variants/ablations, datasets and config keys a
+run can name, and what to say when a command line names one that does not exist.
 
 ``python -m ssfer_jax.main --list`` prints ``listing()``; ``--help`` appends it too.
 """
@@ -6,7 +7,12 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import pathlib
+
+import ml_collections
+
+from ssfer_jax import algorithms, config as config_lib
 
 METHOD_SUMMARIES = {
     "supervised": "labeled subset only (the lower reference line)",
@@ -56,7 +62,6 @@ def config_files() -> dict:
 
 
 def listing() -> str:
-  from ssfer_jax import algorithms, config as config_lib
   from ssfer_jax.data import builders
 
   lines = ["configs (--config=FILE[:variant]):"]
@@ -74,3 +79,66 @@ def listing() -> str:
     lines.append(f"  {name:<14} {DATASET_SUMMARIES.get(name, '')}")
   lines.append("--dry_run prints the resolved config and the label split without training.")
   return "\n".join(lines)
+
+
+def _flag_values(argv, name):
+  """Values of ``--name=V`` / ``--name V`` in ``argv``."""
+  out = []
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      out.append(a.split("=", 1)[1])
+    elif a == f"--{name}" and i + 1 < len(argv):
+      out.append(argv[i + 1])
+  return out
+
+
+def _override_keys(argv):
+  for a in argv:
+    if a.startswith("--config.") or a.startswith("--noconfig."):
+      yield a.split("=", 1)[0].split(".", 1)[1]
+
+
+def methods_with_algo_key(key: str) -> list:
+  return [m for m in algorithms.names() if key in algorithms.get_algorithm(m).default_config()]
+
+
+def unknown_key_message(key: str, config) -> str | None:
+  """Why ``config.KEY`` does not exist in ``config`` and what to do; None if it exists."""
+  node = config
+  parts = key.split(".")
+  for i, part in enumerate(parts):
+    if isinstance(node, ml_collections.ConfigDict) and part in node:
+      node = node[part]
+      continue
+    if parts[0] == "algo" and i == 1:
+      owners = methods_with_algo_key(part)
+      if owners:
+        return (f"config.{key}: {config.algorithm!r} has no key {part!r}; it belongs to "
+                f"{', '.join(owners)}: choose that method with the config variant, e.g. "
+                f"--config=configs/default.py:{owners[0]} --config.{key}=...")
+      return (f"config.{key}: {config.algorithm!r} has no key {part!r}; its keys are "
+              f"{', '.join(sorted(config.algo.keys()))}")
+    known = ["config." + k for k in config_lib._flat_keys(config)]
+    close = difflib.get_close_matches("config." + key, known, n=1, cutoff=0.6)
+    return (f"unknown config key config.{key}"
+            + (f"; did you mean {close[0]}?" if close else "")
+            + " (every key is in ssfer_jax/config.py; --dry_run prints the resolved config)")
+  return None
+
+
+def explain_override(argv) -> str | None:
+  """For a failed ``--config.KEY=VALUE`` parse: the first override naming a missing key."""
+  specs = _flag_values(argv, "config")
+  if not specs:
+    return None
+  try:
+    config = config_lib.load(specs[-1])
+  except (FileNotFoundError, ValueError) as e:  # a missing file, a bad variant
+    return " ".join(str(e).split())
+  except Exception:  # noqa: BLE001 - ml_collections' own error is reported instead
+    return None
+  for key in _override_keys(argv):
+    msg = unknown_key_message(key, config)
+    if msg:
+      return "--config." + msg.removeprefix("config.") if msg.startswith("config.") else msg
+  return None

@@ -113,8 +113,8 @@ def parse_flags(argv):
 
 def explain_flag_error(e: BaseException, argv) -> str:
   """A flags error's message; for ``--config`` problems, the file, variant or key and a fix."""
-  from ssfer_jax import config as config_lib  # keys and methods, for an override's hint
-  hint = config_lib.explain_override(argv)
+  from ssfer_jax import catalog  # keys and methods, for an override's hint
+  hint = catalog.explain_override(argv)
   return hint or " ".join(str(e).split()) or e.__class__.__name__
 
 

@@ -7,7 +7,6 @@ trainer reads, so a key that is not here is a typo: ``validate`` names it.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 
@@ -262,69 +261,6 @@ def load(spec: str) -> ml_collections.ConfigDict:
     raise ValueError(f"{path} defines no get_config(arg); a config file returns its "
                      "ConfigDict from get_config (see configs/default.py)")
   return module.get_config(arg or None)
-
-
-def _flag_values(argv, name):
-  """Values of ``--name=V`` / ``--name V`` in ``argv``."""
-  out = []
-  for i, a in enumerate(argv):
-    if a.startswith(f"--{name}="):
-      out.append(a.split("=", 1)[1])
-    elif a == f"--{name}" and i + 1 < len(argv):
-      out.append(argv[i + 1])
-  return out
-
-
-def _override_keys(argv):
-  for a in argv:
-    if a.startswith("--config.") or a.startswith("--noconfig."):
-      yield a.split("=", 1)[0].split(".", 1)[1]
-
-
-def methods_with_algo_key(key: str) -> list:
-  return [m for m in algorithms.names() if key in algorithms.get_algorithm(m).default_config()]
-
-
-def unknown_key_message(key: str, config: ml_collections.ConfigDict) -> str | None:
-  """Why ``config.KEY`` does not exist in ``config`` and what to do; None if it exists."""
-  node = config
-  parts = key.split(".")
-  for i, part in enumerate(parts):
-    if isinstance(node, ml_collections.ConfigDict) and part in node:
-      node = node[part]
-      continue
-    if parts[0] == "algo" and i == 1:
-      owners = methods_with_algo_key(part)
-      if owners:
-        return (f"config.{key}: {config.algorithm!r} has no key {part!r}; it belongs to "
-                f"{', '.join(owners)}: choose that method with the config variant, e.g. "
-                f"--config=configs/default.py:{owners[0]} --config.{key}=...")
-      return (f"config.{key}: {config.algorithm!r} has no key {part!r}; its keys are "
-              f"{', '.join(sorted(config.algo.keys()))}")
-    known = ["config." + k for k in _flat_keys(config)]
-    close = difflib.get_close_matches("config." + key, known, n=1, cutoff=0.6)
-    return (f"unknown config key config.{key}"
-            + (f"; did you mean {close[0]}?" if close else "")
-            + " (every key is in ssfer_jax/config.py; --dry_run prints the resolved config)")
-  return None
-
-
-def explain_override(argv) -> str | None:
-  """For a failed ``--config.KEY=VALUE`` parse: the first override naming a missing key."""
-  specs = _flag_values(argv, "config")
-  if not specs:
-    return None
-  try:
-    config = load(specs[-1])
-  except (FileNotFoundError, ValueError) as e:  # a missing file, a bad variant
-    return " ".join(str(e).split())
-  except Exception:  # noqa: BLE001 - ml_collections' own error is reported instead
-    return None
-  for key in _override_keys(argv):
-    msg = unknown_key_message(key, config)
-    if msg:
-      return "--config." + msg.removeprefix("config.") if msg.startswith("config.") else msg
-  return None
 
 
 # Resuming a workdir with another config (see ``resume_conflicts``): keys that may change

@@ -47,8 +47,8 @@ def main(argv):
     if config is not None:
       config.get("train")  # ml_collections loads lazily: a failed load raises here
   except OSError as e:  # ml_collections loads the file lazily and hides the cause
-    from ssfer_jax import config as config_lib
-    raise cli.UserError(config_lib.explain_override(sys.argv) or str(e)) from e
+    from ssfer_jax import catalog
+    raise cli.UserError(catalog.explain_override(sys.argv) or str(e)) from e
   if config is None:
     raise cli.UserError("--config is required, e.g. --config=configs/default.py "
                         "(python -m ssfer_jax.main --list shows the configs)")
