@@ -66,9 +66,9 @@ class SsferAffectnet(common.FerBuilder):
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
     train_csv = files.find_file(root, [d + "training.csv" for d in LIST_DIRS], "AffectNet training.csv",
-                                 INSTRUCTIONS)
+                                INSTRUCTIONS)
     val_csv = files.find_file(root, [d + "validation.csv" for d in LIST_DIRS],
-                               "AffectNet validation.csv", INSTRUCTIONS)
+                              "AffectNet validation.csv", INSTRUCTIONS)
     return {"train": self._examples("train", self._generate("train", train_csv, root)),
             "validation": self._examples("validation", self._generate("validation", val_csv, root))}
 

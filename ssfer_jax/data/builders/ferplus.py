@@ -82,9 +82,9 @@ class SsferFerplus(common.FerBuilder):
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
     new_csv = files.find_file(root, ["fer2013new.csv", "FERPlus/fer2013new.csv"],
-                               "FERPlus fer2013new.csv", INSTRUCTIONS)
+                              "FERPlus fer2013new.csv", INSTRUCTIONS)
     old_csv = files.find_file(root, fer2013.CSV_CANDIDATES, "FER2013 csv (FERPlus needs its pixels)",
-                               INSTRUCTIONS)
+                              INSTRUCTIONS)
     votes = self._read_votes(new_csv)
     pixels = {i: (split, px, src) for i, split, _, px, src in fer2013.read_fer_csv(old_csv, self.bad_row)}
     n_old = len(pixels) and max(pixels) + 1
