@@ -211,14 +211,15 @@ def _walk(folder: epath.Path):
 
 
 def read_image(path) -> np.ndarray:
-  """uint8 (H, W, 3) RGB, EXIF orientation applied. Raises ValueError for a non-image."""
+  """uint8 (H, W, 3) RGB, EXIF orientation applied, decoded as the dataset builders decode
+  (``images.pil_to_mode``). Raises ValueError for a non-image."""
   path = epath.Path(path)
   if not path.exists():
     raise ValueError("no such file")
   try:
     with Image.open(io.BytesIO(path.read_bytes())) as img:
       img = ImageOps.exif_transpose(img)
-      return np.asarray(img.convert("RGB"))
+      return np.asarray(images.pil_to_mode(img, "RGB"))
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f"not a readable image ({e.__class__.__name__})") from e
 

@@ -4,6 +4,8 @@ eval path, ``evaluate``, ``predict`` and the exported function."""
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,31 @@ def test_rgb_feeding_unchanged_and_luma_before_resize():
   np.testing.assert_array_equal(images.fit(grey[..., None], 24, 1), pil_resize(grey)[..., None])
   np.testing.assert_array_equal(images.fit(rgb, 24, 1),
                                 pil_resize(np.asarray(Image.fromarray(rgb).convert("L")))[..., None])
+
+
+def test_predict_decodes_files_as_the_builders_do(tmp_path):
+  """Transparency goes onto white and 16-bit grey is scaled, for a photo given to predict
+  as for a dataset image (both call images.pil_to_mode)."""
+  from ssfer_jax.data.builders.common import FerBuilder, SplitReport
+
+  class RgbBuilder:  # what check_image_bytes reads off a builder
+    CHANNELS = 3
+    report = staticmethod(SplitReport)
+
+  rgba = np.zeros((2, 2, 4), np.uint8)
+  rgba[0, 0] = (10, 20, 30, 255)                        # opaque
+  rgba[0, 1] = (200, 0, 0, 0)                           # transparent: white
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+  Image.fromarray(np.array([[0, 65535], [32768, 257]], np.uint16)).save(tmp_path / "deep.png")
+  got = predict.read_image(tmp_path / "rgba.png")
+  assert got[0, 0].tolist() == [10, 20, 30] and got[0, 1].tolist() == [255, 255, 255]
+  # 16-bit v -> round(v / 65535 * 255): 0, 255, 128, 1 (PIL's own convert would clip at 255).
+  assert predict.read_image(tmp_path / "deep.png")[..., 0].tolist() == [[0, 255], [128, 1]]
+  for name in ("rgba.png", "deep.png"):
+    prepared = FerBuilder.check_image_bytes(RgbBuilder(), "train",
+                                            (tmp_path / name).read_bytes(), name)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(prepared))),
+                                  predict.read_image(tmp_path / name), err_msg=name)
 
 
 # -- the four paths ------------------------------------------------------------------------

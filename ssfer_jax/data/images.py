@@ -1,6 +1,9 @@
 """How an image becomes the network's input: the one rule used by training, evaluation,
 prediction and export, so a model is fed the same way everywhere.
 
+Decoding (PIL, ``pil_to_mode``): a file's pixels as RGB or grey, the same for the dataset
+builders and for photos given to ``predict`` (16-bit grey scaled, transparency on white).
+
 On the host (numpy, uint8), ``fit``:
 
 * colour: RGB -> grey by ITU-R 601 luma, exactly as PIL's ``convert("L")`` (integer
@@ -18,9 +21,23 @@ jitted train / eval / predict functions).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+
+def pil_to_mode(img: Image.Image, mode: str) -> Image.Image:
+  """A decoded image as ``mode`` ('RGB' or 'L'), as datasets are prepared and photos
+  predicted: 16- / 32-bit grey scaled to 8 bits, transparency composited onto white,
+  then PIL's ``convert`` (luma for 'L')."""
+  if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    arr = np.asarray(img, np.float64)
+    hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+  if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    img = img.convert("RGBA")
+    bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    img = Image.alpha_composite(bg, img)
+  return img.convert(mode)
 
 
 def as_hwc(img) -> np.ndarray:
@@ -85,6 +102,7 @@ def channel_stats(values, channels: int):
 def normalize(x, mean, std):
   """uint8 images -> float32, (x/255 - mean) / std with per-channel statistics. The device
   half of feeding the network: called inside the jitted step, prediction and export."""
+  import jax.numpy as jnp  # here, so the dataset builders (decoding only) need no jax
   x = x.astype(jnp.float32) / 255.0
   mean = jnp.asarray(channel_stats(mean, x.shape[-1]), jnp.float32)
   std = jnp.asarray(channel_stats(std, x.shape[-1]), jnp.float32)

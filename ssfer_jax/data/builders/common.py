@@ -46,6 +46,7 @@ from etils import epath
 from PIL import Image
 
 # BadInputError is defined beside the file readers that raise it; builders use common's name.
+from ssfer_jax.data import images
 from ssfer_jax.data.builders.files import BadInputError, scan_folder  # noqa: F401
 
 _PASS_THROUGH_FORMATS = ("JPEG", "PNG")
@@ -200,7 +201,7 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
         rep = self.report(split)
         if mode != want:
           rep.count(f"converted_{mode}_to_{want}", where)
-          img = _to_mode(img, want)
+          img = images.pil_to_mode(img, want)
         else:
           rep.count(f"reencoded_{fmt}_as_PNG", where)
         return encode_png(img)
@@ -273,18 +274,6 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     md["test_split"] = self.TEST_SPLIT
     md["options"] = {"skip_bad_images": self.skip_bad_images, "skip_bad_rows": self.skip_bad_rows,
                      "allow_empty_classes": self.allow_empty_classes}
-
-
-def _to_mode(img: Image.Image, want: str) -> Image.Image:
-  if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-    arr = np.asarray(img, np.float64)
-    hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-    img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-  if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-    img = img.convert("RGBA")
-    bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-    img = Image.alpha_composite(bg, img)
-  return img.convert(want)
 
 
 def encode_png(img: Image.Image) -> bytes:
