@@ -16,7 +16,7 @@ the fewer channels. Repetition commutes exactly with PIL's per-channel resize, s
 order only matters for luma, and there it is fixed here: an exported model's user who
 opens a file with ``convert("L")`` and then resizes (``export.py``'s loader) gets the same
 pixels. Images stay uint8 until the device normalises them (``normalize``, inside the
-jitted train / eval / predict functions).
+jitted train / eval / predict / exported functions).
 """
 
 from __future__ import annotations
