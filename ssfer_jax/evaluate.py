@@ -27,7 +27,8 @@ outside the canonical set are matched case-insensitively by name. Then
 
 Computation: the checkpoint's network weights are restored with
 ``predict.restore`` (partial orbax restore: nothing else is read), the test images
-are decoded and resized exactly as the trainer does (``pipeline.eval_arrays``), and
+are decoded and resized exactly as the trainer does (``pipeline.eval_arrays``, so a grey
+model on an RGB dataset sees luma and an RGB model on a grey one repeated grey), and
 the confusion matrices come from the trainer's own jitted ``step.make_eval_step`` on
 the run's mesh (``config.mesh``) with ``config.eval.batch_size``, so evaluating the
 run's final checkpoint on its own test split reproduces ``summary.json``'s final
@@ -167,18 +168,6 @@ def load_split(cfg, split: str | None):
   return source, name, tuple(ds.class_names), ds.channels
 
 
-def test_arrays(source, image_size: int, source_channels: int, model_channels: int):
-  """Decoded, resized test images as the trainer makes them (``pipeline.eval_arrays``);
-  an RGB dataset for a grey model is converted by luma (``predict.to_channels``)."""
-  if source_channels == model_channels or model_channels == 3:
-    return pipeline.eval_arrays(source, image_size, model_channels)
-  images = np.stack([pipeline.fit_image(predict.to_channels(
-      np.asarray(pipeline.fit_image(source[i]["image"], image_size, 3)), 1), image_size, 1)
-      for i in range(len(source))]) if len(source) else np.zeros((0, image_size, image_size, 1),
-                                                                   np.uint8)
-  return images, np.asarray(source.labels, np.int32)
-
-
 # -- computation -----------------------------------------------------------------------
 def eval_mesh(config):
   """The run's mesh (config.mesh) when this machine can hold it with
@@ -244,9 +233,9 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   run = runs["teacher"]
   config = run.config
   cfg = dataset_config(config, dataset, data_dir, split, num_classes)
-  source, split_name, test_names, src_channels = load_split(cfg, split)
+  source, split_name, test_names, _ = load_split(cfg, split)
   label_map = map_labels(test_names, run.class_names)
-  images, labels = test_arrays(source, run.image_size, src_channels, run.channels)
+  images, labels = pipeline.eval_arrays(source, run.image_size, run.channels)
   keep, mapped, dropped = apply_label_map(labels, label_map)
   cms = confusions(config, len(run.class_names), runs["teacher"].variables,
                    runs["student"].variables, images[keep], mapped)

@@ -9,9 +9,11 @@ Writes three files (plus a README.md repeating this description):
     ``f(leaves, images) -> probabilities``: ``leaves`` is the list of parameter arrays
     in the order ``model.json["param_names"]``; ``images`` is uint8 ``(b, H, W, C)``
     (RGB, or grey when C = 1) with a symbolic batch ``b``, already resized to
-    ``image_size``; the function normalises ``(x / 255 - mean) / std``, runs the network in
-    inference mode (BatchNorm running statistics, no dropout) and returns the float32
-    softmax ``(b, num_classes)``. Lowered for the platforms in ``model.json["platforms"]``
+    ``image_size`` as training does (``ssfer_jax/data/images.py``: grey by ITU-R 601
+    luma, PIL's ``convert("L")``, then bilinear resize, as in the loader below); the
+    function normalises ``(x / 255 - mean) / std``, runs the network in inference mode
+    (BatchNorm running statistics, no dropout) and returns the float32 softmax
+    ``(b, num_classes)``. Lowered for the platforms in ``model.json["platforms"]``
     (default cpu, cuda and tpu).
 ``DIR/params.npz``
     The arrays, one per name ``"params/backbone/conv1/kernel"``, ``"batch_stats/..."``.
@@ -55,7 +57,7 @@ from flax import traverse_util
 
 from ssfer_jax import cli
 from ssfer_jax import predict
-from ssfer_jax.step import normalize
+from ssfer_jax.data import images as images_lib
 
 FORMAT = "ssfer_jax.export/1"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -73,7 +75,8 @@ def inference_fn(run: predict.RunInfo, names):
 
   def fn(leaves, images):
     variables = traverse_util.unflatten_dict(dict(zip(names, leaves)), sep="/")
-    logits = model.apply(variables, normalize(images, mean, std), train=False)["logits"]
+    logits = model.apply(variables, images_lib.normalize(images, mean, std),
+                         train=False)["logits"]
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return fn

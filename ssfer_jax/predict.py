@@ -15,12 +15,13 @@ The run is restored from its orbax checkpoint (latest step unless ``--step``) an
 used unless ``--weights=student``. Only the network's variables are read, so neither
 the dataset nor the optimizer is needed.
 
-Images are fed like the training data: resized (bilinear) to the run's square image
-size and converted to its channel count. Photos that are not pre-aligned face crops
-need ``--detect_faces``: OpenCV's frontal-face Haar cascade finds the faces, the
-largest is cropped as a square enlarged by ``--margin`` (default 0.1) of its side on
-every side (shifted or clipped to stay inside the photo). A file that is not a readable image, or
-in which no face is found, gets an error row; the other files are still processed.
+Images are fed like the training data (``data/images.py``): converted to the run's
+channel count (grey by ITU-R 601 luma) and resized (bilinear) to its square image size.
+Photos that are not pre-aligned face crops need ``--detect_faces``: OpenCV's
+frontal-face Haar cascade finds the faces, the largest is cropped as a square enlarged
+by ``--margin`` (default 0.1) of its side on every side (shifted or clipped to stay
+inside the photo). A file that is not a readable image, or in which no face is found,
+gets an error row; the other files are still processed.
 Exit status: 0 all predicted, 3 some files failed, 2 bad arguments or run.
 """
 
@@ -44,10 +45,8 @@ from flax import traverse_util
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ssfer_jax import cli
-from ssfer_jax.data import classes
-from ssfer_jax.data.pipeline import fit_image
+from ssfer_jax.data import classes, images
 from ssfer_jax.models import build_model
-from ssfer_jax.step import normalize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
                     ".ppm")
@@ -212,23 +211,17 @@ def _walk(folder: epath.Path):
 
 
 def read_image(path) -> np.ndarray:
-  """uint8 (H, W, 3) RGB, EXIF orientation applied. Raises ValueError for a non-image."""
+  """uint8 (H, W, 3) RGB, EXIF orientation applied, decoded as the dataset builders decode
+  (``images.pil_to_mode``). Raises ValueError for a non-image."""
   path = epath.Path(path)
   if not path.exists():
     raise ValueError("no such file")
   try:
     with Image.open(io.BytesIO(path.read_bytes())) as img:
       img = ImageOps.exif_transpose(img)
-      return np.asarray(img.convert("RGB"))
+      return np.asarray(images.pil_to_mode(img, "RGB"))
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f"not a readable image ({e.__class__.__name__})") from e
-
-
-def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
-  """RGB uint8 -> the run's channel count (grey by ITU-R 601 luma, as PIL's 'L')."""
-  if channels == 3:
-    return rgb
-  return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
 
 
 class FaceDetector:
@@ -288,8 +281,8 @@ def make_predict_fn(run: RunInfo):
   model, mean, std = run.model(), run.mean, run.std
 
   @jax.jit
-  def predict(variables, images):
-    logits = model.apply(variables, normalize(images, mean, std), train=False)["logits"]
+  def predict(variables, x):
+    logits = model.apply(variables, images.normalize(x, mean, std), train=False)["logits"]
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return predict
@@ -318,8 +311,7 @@ def predict_paths(run: RunInfo, paths: Sequence[str], *, detect_faces: bool = Fa
                            "without --detect_faces)")
         rec["face_box"] = list(box)
         img = crop_face(img, box, margin)
-      inputs.append((rec, fit_image(to_channels(img, run.channels), run.image_size,
-                                    run.channels)))
+      inputs.append((rec, images.fit(img, run.image_size, run.channels)))
     except ValueError as e:
       rec["error"] = str(e)
   if inputs:

@@ -6,7 +6,8 @@ A batch is a dict of arrays (global batch; split over the mesh's data axis):
   x_ulb_w, x_ulb_s, [x_ulb_w2] (U,H,W,C) uint8          unlabeled views the algorithm asks for
   idx_ulb (U,) int32, y_ulb (U,) int32 (-1 = unknown)    unlabeled index / true label (diagnostics)
 
-Images travel as uint8 and are normalised here, on the device. The step knows the
+Images travel as uint8 and are normalised here, on the device (``data/images.normalize``,
+the rule prediction and export share). The step knows the
 algorithm interface (``algorithms/base.py``), never an algorithm's name.
 """
 
@@ -20,27 +21,8 @@ import optax
 
 from ssfer_jax import optim
 from ssfer_jax.algorithms.base import StepInputs, cross_entropy
+from ssfer_jax.data.images import normalize
 from ssfer_jax.state import TrainState
-
-
-def channel_stats(values, channels: int):
-  """``config.data.mean``/``std`` for images with ``channels`` channels: per-channel values
-  as given, or for 1-channel (grey) images with RGB statistics, their average."""
-  values = tuple(float(v) for v in values)
-  if len(values) in (1, channels):
-    return values
-  if channels == 1:
-    return (sum(values) / len(values),)
-  raise ValueError(f"config.data.mean/std have {len(values)} values but the images have "
-                   f"{channels} channels; give 1 or {channels} values")
-
-
-def normalize(x, mean, std):
-  """uint8 images -> float32, (x/255 - mean) / std with per-channel statistics."""
-  x = x.astype(jnp.float32) / 255.0
-  mean = jnp.asarray(channel_stats(mean, x.shape[-1]), jnp.float32)
-  std = jnp.asarray(channel_stats(std, x.shape[-1]), jnp.float32)
-  return (x - mean) / std
 
 
 def ema_decay(step, decay, warmup: bool):

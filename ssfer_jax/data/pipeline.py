@@ -6,7 +6,7 @@
 Each stream is a ``grain.MapDataset`` turned into a checkpointable iterator; the two
 iterator states are saved with the train state (``checkpoint.py``), so a resumed run
 reads exactly the batches an uninterrupted one would have read. Images stay uint8
-until the device normalises them (``step.normalize``).
+until the device normalises them; both halves of that feeding rule are in ``images.py``.
 """
 
 from __future__ import annotations
@@ -17,25 +17,14 @@ import sys
 import grain
 import jax
 import numpy as np
-from PIL import Image
 
-from ssfer_jax.data import augment, splits
+from ssfer_jax.data import augment, images, splits
 from ssfer_jax.data.sources import SubsetSource
 
 
-def fit_image(img: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
-  """uint8 (H,W[,C]) -> (size,size,channels): resize (bilinear) and grey<->RGB as needed."""
-  img = np.asarray(img)
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.shape[0] != size or img.shape[1] != size:
-    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-    img = np.asarray(pil.resize((size, size), Image.BILINEAR))
-    if img.ndim == 2:
-      img = img[..., None]
-  if img.shape[-1] != channels:
-    img = np.repeat(img[..., :1], channels, -1) if channels == 3 else img[..., :1]
-  return img
+# The one image-feeding rule (resize, grey <-> RGB) lives in data/images.py; the old name
+# stays for callers outside the package (bench/).
+fit_image = images.fit
 
 
 class BalancedOrder:
@@ -66,7 +55,7 @@ class LabeledView(grain.transforms.RandomMap):
     self.size, self.channels, self.pad = size, channels, pad
 
   def random_map(self, item, rng):
-    img = fit_image(item["image"], self.size, self.channels)
+    img = images.fit(item["image"], self.size, self.channels)
     return {"x_lb": augment.weak(img, rng, self.pad), "y_lb": np.int32(item["label"])}
 
 
@@ -76,7 +65,7 @@ class UnlabeledViews(grain.transforms.RandomMap):
     self.views, self.ra_n, self.cutout = tuple(views), ra_n, cutout
 
   def random_map(self, item, rng):
-    img = fit_image(item["image"], self.size, self.channels)
+    img = images.fit(item["image"], self.size, self.channels)
     out = {"idx_ulb": np.int32(item["index"]), "y_ulb": np.int32(item.get("label", -1))}
     for v in self.views:
       if v in ("ulb_w", "ulb_w2"):
@@ -222,8 +211,9 @@ class TrainBatches:
 
 def eval_arrays(source, size: int, channels: int = 3):
   """The whole evaluation split decoded once: (images uint8 (N,size,size,C), labels)."""
-  images = np.stack([fit_image(source[i]["image"], size, channels) for i in range(len(source))])
-  return images, np.asarray(source.labels, np.int32)
+  fitted = np.stack([images.fit(source[i]["image"], size, channels) for i in range(len(source))]
+                    ) if len(source) else np.zeros((0, size, size, channels), np.uint8)
+  return fitted, np.asarray(source.labels, np.int32)
 
 
 def eval_batches(images, labels, global_batch: int):

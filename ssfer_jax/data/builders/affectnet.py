@@ -23,7 +23,7 @@ import itertools
 import tensorflow_datasets as tfds
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common
+from ssfer_jax.data.builders import common, files
 
 NOT_EXPRESSIONS = {8: "none", 9: "uncertain", 10: "non_face"}
 LIST_DIRS = ("", "Manually_Annotated_file_lists/")
@@ -65,10 +65,10 @@ class SsferAffectnet(common.FerBuilder):
 
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
-    train_csv = common.find_file(root, [d + "training.csv" for d in LIST_DIRS], "AffectNet training.csv",
-                                 INSTRUCTIONS)
-    val_csv = common.find_file(root, [d + "validation.csv" for d in LIST_DIRS],
-                               "AffectNet validation.csv", INSTRUCTIONS)
+    train_csv = files.find_file(root, [d + "training.csv" for d in LIST_DIRS], "AffectNet training.csv",
+                                INSTRUCTIONS)
+    val_csv = files.find_file(root, [d + "validation.csv" for d in LIST_DIRS],
+                              "AffectNet validation.csv", INSTRUCTIONS)
     return {"train": self._examples("train", self._generate("train", train_csv, root)),
             "validation": self._examples("validation", self._generate("validation", val_csv, root))}
 
@@ -94,7 +94,7 @@ class SsferAffectnet(common.FerBuilder):
 
   def _generate(self, split, path, root):
     rep = self.report(split)
-    first_line, first, rows = common.csv_header(path)
+    first_line, first, rows = files.csv_header(path)
     columns, has_header = self._columns(split, path, first_line, first)
     if first and not has_header:
       rows = itertools.chain([(first_line, first)], rows)

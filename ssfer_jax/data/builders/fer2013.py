@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common
+from ssfer_jax.data.builders import common, files
 
 CSV_CANDIDATES = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv",
                   "fer2013/icml_face_data.csv")
@@ -37,7 +37,7 @@ def read_fer_csv(path, on_bad_row):
   Identical rows are both kept: the key is the row index, never the content, and FERPlus
   aligns with fer2013.csv by that index.
   """
-  first_line, header, reader = common.csv_header(path)
+  first_line, header, reader = files.csv_header(path)
   missing = [c for c in ("emotion", "pixels", "Usage") if c not in header]
   if missing:
     raise common.BadInputError(f"{path}:{first_line}: header lacks column(s) {missing}; got {header}. "
@@ -95,7 +95,7 @@ class SsferFer2013(common.FerBuilder):
     return classes.CANONICAL7
 
   def _split_generators(self, dl_manager):
-    path = common.find_file(dl_manager.manual_dir, CSV_CANDIDATES, "FER2013 csv", INSTRUCTIONS)
+    path = files.find_file(dl_manager.manual_dir, CSV_CANDIDATES, "FER2013 csv", INSTRUCTIONS)
     rows = {s: [] for s in USAGE_TO_SPLIT.values()}
     for index, split, code, pixels, src in read_fer_csv(path, self.bad_row):
       label = self.canonical(split, classes.FER2013, code, src)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common, fer2013
+from ssfer_jax.data.builders import common, fer2013, files
 
 INSTRUCTIONS = """\
 Download fer2013new.csv from https://github.com/microsoft/FERPlus and FER2013's
@@ -81,10 +81,10 @@ class SsferFerplus(common.FerBuilder):
 
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir
-    new_csv = common.find_file(root, ["fer2013new.csv", "FERPlus/fer2013new.csv"],
-                               "FERPlus fer2013new.csv", INSTRUCTIONS)
-    old_csv = common.find_file(root, fer2013.CSV_CANDIDATES, "FER2013 csv (FERPlus needs its pixels)",
-                               INSTRUCTIONS)
+    new_csv = files.find_file(root, ["fer2013new.csv", "FERPlus/fer2013new.csv"],
+                              "FERPlus fer2013new.csv", INSTRUCTIONS)
+    old_csv = files.find_file(root, fer2013.CSV_CANDIDATES, "FER2013 csv (FERPlus needs its pixels)",
+                              INSTRUCTIONS)
     votes = self._read_votes(new_csv)
     pixels = {i: (split, px, src) for i, split, _, px, src in fer2013.read_fer_csv(old_csv, self.bad_row)}
     n_old = len(pixels) and max(pixels) + 1
@@ -110,7 +110,7 @@ class SsferFerplus(common.FerBuilder):
 
   def _read_votes(self, path):
     out = []
-    first_line, header, reader = common.csv_header(path)
+    first_line, header, reader = files.csv_header(path)
     if tuple(header) != HEADER:
       raise common.BadInputError(f"{path}:{first_line}: header must be {','.join(HEADER)}; "
                                  f"got {','.join(header)}")

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common
+from ssfer_jax.data.builders import common, files
 
 FOLDER_INSTRUCTIONS = """\
 Put your images in <manual_dir>/train/<class name>/ and <manual_dir>/test/<class name>/
@@ -70,17 +70,17 @@ class SsferImageFolder(_Generic):
 
   def _generate(self, split, folders, mapping):
     rep = self.report(split)
-    listed = [(f, common.list_images(f, rep)) for f in folders]
-    empty = [str(f) for f, files in listed if not files]
+    listed = [(f, files.list_images(f, rep)) for f in folders]
+    empty = [str(f) for f, paths in listed if not paths]
     if empty:
       if not self.allow_empty_classes:
         raise common.BadInputError(f"class folder(s) {empty} contain no image; add images, remove "
                                    "the folder, or prepare with allow_empty_classes=True")
       for e in empty:
         rep.count("empty_class_folder", e, warn=True)
-    for folder, files in listed:
+    for folder, paths in listed:
       label = mapping[folder.name]
-      for path in files:
+      for path in paths:
         image = self.read_image(split, path)
         if image is None:
           continue
@@ -98,7 +98,7 @@ class SsferCsvList(_Generic):
     root = dl_manager.manual_dir
     rows = {}
     for split in ("train", "test"):
-      path = common.find_file(root, [f"{split}.csv"], f"csv_list {split}.csv", CSV_INSTRUCTIONS)
+      path = files.find_file(root, [f"{split}.csv"], f"csv_list {split}.csv", CSV_INSTRUCTIONS)
       rows[split] = self._parse(split, path)
     labels = [lab for rs in rows.values() for _, lab, _ in rs]
     as_int = [_int_or_none(x) for x in labels]
@@ -119,7 +119,7 @@ class SsferCsvList(_Generic):
 
   def _parse(self, split, path):
     out = []
-    for lineno, row in common.csv_rows(path):
+    for lineno, row in files.csv_rows(path):
       src = f"{path}:{lineno}"
       if lineno == 1 and [c.strip().lower() for c in row] == ["path", "label"]:
         continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common
+from ssfer_jax.data.builders import common, files
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
 
@@ -45,7 +45,7 @@ class SsferRafdb(common.FerBuilder):
     for root in (manual_dir, manual_dir / "basic"):
       if (root / LABEL_FILE).exists():
         return root
-    common.find_file(manual_dir, [LABEL_FILE, "basic/" + LABEL_FILE], "RAF-DB label file", INSTRUCTIONS)
+    files.find_file(manual_dir, [LABEL_FILE, "basic/" + LABEL_FILE], "RAF-DB label file", INSTRUCTIONS)
 
   def _split_generators(self, dl_manager):
     root = self._root(dl_manager.manual_dir)
@@ -59,7 +59,7 @@ class SsferRafdb(common.FerBuilder):
   def _parse(self, path):
     """{'train': [(name, label, 'file:line')], 'test': [...]} with every line checked."""
     rows = {"train": [], "test": []}
-    for lineno, line in common.text_lines(path):
+    for lineno, line in files.text_lines(path):
       if not line.strip():
         continue
       src = f"{path}:{lineno}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from ssfer_jax.data import classes
-from ssfer_jax.data.builders import common
+from ssfer_jax.data.builders import common, files
 
 SPLIT_DIRS = {"train": "Train", "validation": "Val"}
 
@@ -68,7 +68,7 @@ class SsferSfew(common.FerBuilder):
     rep = self.report(split)
     for folder in folders:
       label = classes.to_canonical(classes.SFEW, folder.name, source=str(folder))
-      for path in common.list_images(folder, rep):
+      for path in files.list_images(folder, rep):
         image = self.read_image(split, path)
         if image is None:
           continue
