@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.algorithm = "fixmatch"
   c.algo = algorithms.get_algorithm("fixmatch").default_config()
   c.pseudo_label_source = "teacher"   # 'teacher' (EMA) or 'student' (stop-gradient)
+  c.threshold_stats_source = "pseudo_label_source"  # or 'teacher': labeled-batch threshold statistics from the EMA teacher
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "synthetic"        # synthetic | rafdb | affectnet7 | affectnet8 | fer2013 | ferplus | sfew | image_folder | csv_list
@@ -79,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = 0.999
   c.ema.warmup = True                 # decay = min(decay, (1+t)/(10+t))
+  c.ema.student_decay = 0.0           # student params + BN stats *= 1 - this after each EMA update (Ada-CM/DTM: 0.02 * lr)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000

@@ -41,12 +41,12 @@ What the reference does, and how it is encoded here:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ssfer_jax.algorithms import thresholds
-from ssfer_jax.algorithms.base import Algorithm, UnlabeledOutput, masked_mean_ce
+from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, masked_mean_ce,
+                                       two_view_confidence)
 
 FLOOR = 0.8
 
@@ -104,10 +104,7 @@ def unlabeled_loss(state, inputs, cfg):
                      "'ulb_w' and 'ulb_w2' (StepInputs.logits_ulb_w2 / student_ulb_w / "
                      "student_ulb_w2)")
   num_classes = inputs.logits_ulb_w.shape[-1]
-  probs = (jax.nn.softmax(inputs.logits_ulb_w.astype(jnp.float32), -1)
-           + jax.nn.softmax(inputs.logits_ulb_w2.astype(jnp.float32), -1)) / 2.0
-  conf = jnp.max(probs, axis=-1)
-  pseudo = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  conf, pseudo, _ = two_view_confidence(inputs.logits_ulb_w, inputs.logits_ulb_w2)
   mask = thresholds.threshold_mask(conf, pseudo, state["tau"])
   loss_u = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
   loss_con = simclr_loss(inputs.student_ulb_w["features"], inputs.student_ulb_w2["features"],

@@ -196,7 +196,7 @@ class TrainBatches:
 
   def __init__(self, train: TrainData, config, algorithm, channels: int = 3):
     self._lb_ds = labeled_stream(train, config, channels)
-    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views)
+    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views_for(config.algo))
                     if algorithm.uses_unlabeled else None)
     self.lb = iter(self._lb_ds)
     self.ulb = iter(self._ulb_ds) if self._ulb_ds is not None else None
