@@ -37,8 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 16              # labeled images per global step
   c.data.uratio = 3                   # unlabeled images per labeled image
   c.data.labels_per_class = 10
-  c.data.num_labels = 0               # with label_protocol='adacm'
-  c.data.label_protocol = "uniform"   # 'uniform' (labels_per_class) or 'adacm' (num_labels)
+  c.data.num_labels = 0               # with label_protocol='adacm' or 'total_equal'
+  c.data.label_percent = 0.0          # with label_protocol='percent' (% of the training set)
+  c.data.label_counts = ()            # with label_protocol='long_tailed' (most frequent class first)
+  c.data.label_protocol = "uniform"   # per_class (alias uniform) | adacm | total_equal | percent | long_tailed (data/splits.py)
   c.data.labeled_ids_file = ""        # reproduce a published split
   c.data.split_seed = 0
   c.data.unlabeled_includes_labeled = False
@@ -93,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
+  c.eval.val_fraction = 0.0           # > 0: stratified held-out part of the training set picks the best step
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1
