@@ -168,7 +168,8 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
       batch_stats = keep(shrink(batch_stats, 1.0 - student_decay), batch_stats)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,
-        ema_params=ema_params, ema_batch_stats=ema_batch_stats, opt_state=opt_state, algo=aux["algo"])
+        ema_params=ema_params, ema_batch_stats=ema_batch_stats, opt_state=opt_state,
+        algo=aux["algo"])
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
                "grad_norm": optax.tree.norm(grads), "ema_decay": decay,

@@ -181,3 +181,42 @@ def test_val_fraction_run_is_disjoint_and_reports_both_selections(tmp_path):
   assert teacher["test_top1_at_val_best"] == hist[vb]["teacher"]["top1"]
   assert summary["labeled_ids_sha256"] == obj["sha256"] and summary["num_val"] == 24
   assert "selection on the test set" in summary["selection_note"]
+
+
+@pytest.mark.parametrize("path,method", [("configs/reference/adacm_rafdb.py", "adacm"),
+                                         ("configs/reference/dtm.py", "dtm")])
+def test_reference_presets_load_and_encode_the_recipe(path, method):
+  from test_thresholds import _load_config
+  from ssfer_jax.config import validate
+  get_config = _load_config(path)
+  c = get_config(None)
+  validate(c)
+  assert (c.algorithm, c.dataset.name) == (method, "rafdb")
+  assert (c.pseudo_label_source, c.threshold_stats_source) == ("student", "teacher")
+  assert c.ema.student_decay == pytest.approx(0.02 * 5e-4) and not c.ema.warmup
+  assert (c.data.batch_size, c.data.uratio, c.data.image_size) == (16, 1, 224)
+  assert c.train.num_steps == 20 * 800 and c.train.eval_every == 800 == c.algo.epoch_steps
+  assert (c.data.label_protocol, c.data.num_labels) == ("adacm", 4000)
+  assert get_config("labels=1000,epochs=2").train.num_steps == 1600
+  with pytest.raises(ValueError, match=path):
+    get_config("no_snl")
+
+
+@pytest.mark.parametrize("path", ["configs/reference/adacm_rafdb.py", "configs/reference/dtm.py"])
+def test_reference_presets_train_on_synthetic_overrides(tmp_path, path):
+  """The presets with ``--config.dataset.name=synthetic`` and small sizes (the CLI path)."""
+  import subprocess
+  import sys
+  overrides = {"dataset.name": "synthetic", "dataset.num_train": 240, "dataset.num_test": 32,
+               "dataset.render_size": 24, "data.image_size": 24, "model.backbone": "small_cnn",
+               "data.label_protocol": "per_class", "data.labels_per_class": 4,
+               "data.batch_size": 8, "train.num_steps": 4, "train.eval_every": 2,
+               "train.checkpoint_every": 4, "algo.epoch_steps": 2, "mesh.num_devices": 1,
+               "train.progress": False, "eval.batch_size": 32}
+  args = [f"--config.{k}={v}" for k, v in overrides.items()]
+  r = subprocess.run([sys.executable, "-m", "ssfer_jax.main", f"--config={path}",
+                      f"--workdir={tmp_path}"] + args, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["num_steps"] == 4 and summary["teacher"]["best_selected_on"] == "test"
+  assert "labeled split: 28 ids" in r.stderr

@@ -36,7 +36,8 @@ def test_per_class_is_the_same_draw_as_before():
   # The pre-protocol implementation: default_rng([seed, 7919]), per class
   # rng.permutation(flatnonzero(labels == c))[:n], sorted. val_fraction = 0 must not move it.
   rng = np.random.default_rng([5, 7919])
-  old = np.sort(np.concatenate([rng.permutation(np.flatnonzero(LABELS == c))[:2] for c in range(4)]))
+  old = np.sort(np.concatenate([rng.permutation(np.flatnonzero(LABELS == c))[:2]
+                                for c in range(4)]))
   assert splits.select_labeled(LABELS, np.full(4, 2), seed=5).tolist() == old.tolist()
 
 
@@ -65,7 +66,8 @@ def test_long_tailed_by_frequency_rank():
   assert budget.tolist() == [5, 2, 1, 4]
   assert counts_of(splits.select_labeled(LABELS, budget, seed=3)) == [5, 2, 1, 4]
   # Ties in frequency: the lower class index ranks first.
-  assert splits.per_class_budget([4, 6, 6], protocol="long_tailed", counts=(3, 2, 1)).tolist() == [1, 3, 2]
+  budget = splits.per_class_budget([4, 6, 6], protocol="long_tailed", counts=(3, 2, 1))
+  assert budget.tolist() == [1, 3, 2]
 
 
 def test_remop_on_rafdb_class_sizes():
@@ -135,7 +137,8 @@ def test_validation_is_stratified_and_disjoint_and_zero_changes_nothing():
   assert val0 is None
   assert ids0.tolist() == splits.select_labeled(LABELS, np.full(4, 2), 0).tolist()
   # A class left with fewer examples than its budget after the hold-out is an error.
-  with pytest.raises(ValueError, match=r"class 2 \(c\) has 2 training examples available but its label budget is 3"):
+  with pytest.raises(ValueError, match=r"class 2 \(c\) has 2 training examples available but "
+                                       r"its label budget is 3"):
     splits.resolve(LABELS, _Dataset, _dcfg(labels_per_class=3), val_fraction=0.2)
 
 
@@ -170,4 +173,5 @@ def test_cli_writes_and_prints_a_synthetic_split_without_data_dir(tmp_path):
                         "--labels_per_class=100000", f"--out={tmp_path / 'x.json'}"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith("error: label split 'per_class': class 0 (neutral)")
+  last = bad.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: label split 'per_class': class 0 (neutral) has ")

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssfer_jax.algorithms import thresholds
-from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, masked_mean_ce,
+from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, epoch_length, masked_mean_ce,
                                        two_view_confidence)
 
 FLOOR = 0.8
@@ -92,10 +92,6 @@ def simclr_loss(f1, f2, valid, temperature, base_temperature=0.07):
   pos = jnp.take_along_axis(logits, partner[:, None], axis=1)[:, 0]
   per_anchor = -(temperature / base_temperature) * (pos - log_denom)
   return jnp.sum(v * per_anchor) / jnp.maximum(jnp.sum(v), 1.0)
-
-
-def epoch_length(inputs, cfg):
-  return int(cfg.epoch_steps) if cfg.epoch_steps > 0 else int(inputs.steps_per_epoch)
 
 
 def unlabeled_loss(state, inputs, cfg):

@@ -35,8 +35,8 @@ class StepInputs(NamedTuple):
 
   logits_*: float32. ``logits_ulb_w`` / ``logits_ulb_w2`` / ``teacher_logits_lb`` come from
   the pseudo-label source (``teacher_logits_lb`` from the EMA teacher instead with
-  ``config.threshold_stats_source='teacher'``) and carry no gradient; ``logits_lb``, ``logits_ulb_s`` and the
-  ``student_*`` entries are the student's, with gradient.
+  ``config.threshold_stats_source='teacher'``) and carry no gradient; ``logits_lb``,
+  ``logits_ulb_s`` and the ``student_*`` entries are the student's, with gradient.
   """
   logits_lb: jax.Array              # (B, C) student, labeled weak view
   y_lb: jax.Array                   # (B,) int32
@@ -145,6 +145,12 @@ def masked_mean_ce(logits_s, pseudo_labels, mask):
 def no_state(cfg, num_classes, num_unlabeled):
   del cfg, num_classes, num_unlabeled
   return {}
+
+
+def epoch_length(inputs, cfg) -> int:
+  """Steps between 'epoch'-cadence updates: ``cfg.epoch_steps`` when > 0 (the Ada-CM / DTM
+  reference's fixed ``--train-iteration`` = 800), else the trainer's ``steps_per_epoch``."""
+  return int(cfg.epoch_steps) if cfg.epoch_steps > 0 else int(inputs.steps_per_epoch)
 
 
 def linear_rampup(step, rampup_steps):

@@ -37,6 +37,8 @@ Hyper-parameters (``config.algo``):
   fixed_tau               the fixed threshold used when use_dta is False (FixMatch's 0.95)
   threshold_source        'labeled_correct' | 'unlabeled' (statistic mu_c)
   threshold_cadence       'step' | 'epoch'
+  epoch_steps             > 0: length of an 'epoch' for that cadence (DTM's reference: 800
+                          iterations); 0: the trainer's steps_per_epoch (a pass over the data)
   threshold_rule          'ema' | 'adacm_ramp' (tau = max(min, 0.97 mu sigmoid(epoch)))
   threshold_momentum      m of the EMA rule, per update
   threshold_min / _max    floor / ceiling
@@ -68,7 +70,8 @@ import ml_collections
 
 from ssfer_jax.algorithms import snl, thresholds
 from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, confidence_and_label,
-                                       linear_rampup, masked_mean_ce, two_view_confidence)
+                                       epoch_length, linear_rampup, masked_mean_ce,
+                                       two_view_confidence)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -77,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fixed_tau": 0.95,
       "threshold_source": "labeled_correct",
       "threshold_cadence": "step",
+      "epoch_steps": 0,
       "threshold_rule": "ema",
       "threshold_momentum": 0.999,
       "threshold_min": 0.8,
@@ -152,7 +156,7 @@ def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
         opts, conf_ulb=conf, pseudo_ulb=pseudo, teacher_logits_lb=teacher_lb, y_lb=inputs.y_lb,
         num_classes=num_classes)
     new_state = thresholds.update(state, batch_sum, batch_count, opts, step=inputs.step,
-                                  steps_per_epoch=inputs.steps_per_epoch)
+                                  steps_per_epoch=epoch_length(inputs, cfg))
     tau = new_state["tau"] if cfg.threshold_update_first else state["tau"]
   else:
     new_state = state

@@ -64,7 +64,7 @@ def canonical_protocol(protocol: str) -> str:
 def stratified_counts(class_sizes, fraction) -> np.ndarray:
   """Per-class counts of a stratified ``fraction`` of the examples: ``round(fraction * N)``
   in all, shared out by largest remainder (see the module docstring). Exact arithmetic."""
-  frac = fractions.Fraction(str(fraction)) if isinstance(fraction, float) else fractions.Fraction(fraction)
+  frac = fractions.Fraction(str(fraction) if isinstance(fraction, float) else fraction)
   sizes = [int(n) for n in class_sizes]
   exact = [frac * n for n in sizes]
   counts = [int(e) for e in exact]  # floor: every value is >= 0
@@ -93,7 +93,8 @@ def per_class_budget(class_sizes, *, protocol: str = "per_class", labels_per_cla
   elif protocol == "per_class":
     if labels_per_class <= 0:
       raise ValueError("config.data.labels_per_class must be > 0 with label_protocol='per_class' "
-                       "(or choose another config.data.label_protocol, or algorithm=full_supervised)")
+                       "(or choose another config.data.label_protocol, or "
+                       "algorithm=full_supervised)")
     budget = np.full(num_classes, labels_per_class, np.int64)
   elif protocol == "total_equal":
     if total < num_classes:
