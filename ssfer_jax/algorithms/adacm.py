@@ -30,8 +30,10 @@ What the reference does, and how it is encoded here:
   ``steps_per_epoch``.
 * **Pseudo-labels** from the mean of the softmax of two weak views:
   ``p = (softmax(w) + softmax(w2)) / 2``, ``q = max p``, ``yhat = argmax p``,
-  ``mask = 1[q >= tau[yhat]]`` (``>=``, float32). (The reference computes them with the
-  student in train mode; set ``config.pseudo_label_source='student'`` for that.)
+  ``mask = 1[q >= tau[yhat]]`` (``>=``, float32; ``base.two_view_confidence``, shared with
+  DTM). (The reference computes them with the student in train mode and keeps the EMA model
+  for the thresholds: ``config.pseudo_label_source='student'`` with
+  ``config.threshold_stats_source='teacher'``, as ``configs/reference/adacm_rafdb.py`` sets.)
 * **Losses**: ``L_u = mean(mask * CE(student strong, yhat))``; the low-confidence
   samples (mask = 0) go to a SimCLR loss (``SupConLoss`` without labels, T = 0.07,
   base temperature 0.07) on the student's L2-normalised features of their two weak views;
