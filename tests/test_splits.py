@@ -175,3 +175,9 @@ def test_cli_writes_and_prints_a_synthetic_split_without_data_dir(tmp_path):
   assert bad.returncode == 2
   last = bad.stderr.strip().splitlines()[-1]
   assert last.startswith("error: label split 'per_class': class 0 (neutral) has ")
+
+
+def test_a_class_absent_from_the_data_gets_no_labels():
+  # Class 1 has no example at all (CK+ folds lack classes): budget 0, not an error.
+  budget = splits.per_class_budget([5, 0, 3], protocol="per_class", labels_per_class=2)
+  assert budget.tolist() == [2, 0, 2]

@@ -21,7 +21,8 @@ Protocols (``config.data.label_protocol``; SPEC §2.2):
   ``label_counts[1]``, ... (ties: lower class index first), e.g. ReMoP's
   [500, 216, 94, 40, 17, 7, 3].
 
-A budget larger than its class is a ``ValueError`` naming the class, its size and the budget.
+A budget larger than its class is a ``ValueError`` naming the class, its size and the budget
+(a class with no training example at all, e.g. in CK+ folds, gets no labels and a warning).
 
 Validation hold-out (``config.eval.val_fraction`` > 0): drawn *first*, stratified with the
 ``percent`` rule, from the whole training set; the labeled examples are then drawn from the
@@ -122,8 +123,14 @@ def per_class_budget(class_sizes, *, protocol: str = "per_class", labels_per_cla
 
 
 def _check_budget(budget, sizes, protocol, class_names):
+  """A class the training data does not have at all gets no labels (a warning names it);
+  any other class must have at least its budget (a one-line error otherwise)."""
   for c, (n, size) in enumerate(zip(budget, sizes)):
-    if n < 0 or n > size:
+    if size == 0 and n > 0:
+      logging.warning("label split %r: class %d%s has no training example; it gets no labels",
+                      protocol, c, f" ({class_names[c]})" if class_names is not None else "")
+      budget[c] = 0
+    elif n < 0 or n > size:
       name = f" ({class_names[c]})" if class_names is not None else ""
       raise ValueError(f"label split {protocol!r}: class {c}{name} has {size} training examples "
                        f"available but its label budget is {n}; lower the budget")
