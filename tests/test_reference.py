@@ -114,14 +114,14 @@ def _one_step(tmp_path, name, algorithm="fixmatch", **overrides):
   host = next(pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
                                     trainer.dataset.channels))
   before = jax.device_get(state)
-  new, _ = trainer.train_step(state, jax.tree.map(jnp.asarray, host))
-  return trainer, before, jax.device_get(new), host
+  new, metrics = trainer.train_step(state, jax.tree.map(jnp.asarray, host))
+  return trainer, before, jax.device_get(new), host, jax.device_get(metrics)
 
 
 def test_ema_student_decay_after_the_ema_update(tmp_path):
   d = 0.01
-  _, _, plain, _ = _one_step(tmp_path, "plain")
-  _, _, decayed, _ = _one_step(tmp_path, "decayed", **{"ema.student_decay": d})
+  plain = _one_step(tmp_path, "plain")[2]
+  decayed = _one_step(tmp_path, "decayed", **{"ema.student_decay": d})[2]
   # Reference WeightEMA.step: ema <- a * ema + (1 - a) * param, THEN param *= 1 - wd (params
   # and BatchNorm statistics): the teacher is unchanged, the student is scaled by 1 - wd.
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
@@ -136,7 +136,7 @@ def test_ema_student_decay_after_the_ema_update(tmp_path):
 
 
 def test_dtm_student_pseudo_labels_with_teacher_threshold_statistics(tmp_path):
-  trainer, before, after, host = _one_step(
+  trainer, before, after, host, m = _one_step(
       tmp_path, "dtm", "dtm", pseudo_label_source="student",
       threshold_stats_source="teacher")
   assert "x_ulb_w2" in host  # the pipeline feeds DTM's second weak view
@@ -148,6 +148,9 @@ def test_dtm_student_pseudo_labels_with_teacher_threshold_statistics(tmp_path):
   assert trainer.train_data.steps_per_epoch > 1  # epoch cadence: step 0 only accumulates
   np.testing.assert_allclose(after.algo["sum"], s, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(after.algo["count"], n)
+  # The step's total is 1.0 * L_x + (0.5 L_u, already weighted by the algorithm).
+  np.testing.assert_allclose(m["loss"], m["loss_x"] + m["loss_u"], rtol=1e-6)
+  np.testing.assert_allclose(m["loss_u"], m["algo/loss_u"], rtol=1e-6)
 
 
 def test_selection_by_validation_picks_the_val_best_step():

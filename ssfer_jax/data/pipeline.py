@@ -110,10 +110,11 @@ def split_train(dataset, config, algorithm, workdir=None) -> TrainData:
   ids, val = splits.resolve(labels, dataset, dcfg, val_fraction=val_fraction,
                             all_labels=algorithm.uses_all_labels)
   if workdir is not None and jax.process_index() == 0:
+    protocol = ("all" if algorithm.uses_all_labels else "file" if dcfg.labeled_ids_file
+                else splits.canonical_protocol(dcfg.label_protocol))
     splits.write_ids(f"{workdir}/labeled_ids.json", ids, dataset=dataset.name, num_train=n,
                      labels=labels, num_classes=dataset.num_classes, val_ids=val,
-                     protocol=("all" if algorithm.uses_all_labels else "file" if dcfg.labeled_ids_file
-                               else splits.canonical_protocol(dcfg.label_protocol)))
+                     protocol=protocol)
     print(splits.describe(ids, labels, dataset.class_names, val), file=sys.stderr, flush=True)
   labeled = SubsetSource(train, ids)
   unlabeled = None
