@@ -113,6 +113,9 @@ def test_bad_protocol_and_arguments_are_named():
     splits.per_class_budget(SIZES, protocol="long_tailed", counts=(3, 2, 1))
   with pytest.raises(ValueError, match="label_percent"):
     splits.per_class_budget(SIZES, protocol="percent", percent=0)
+  for bad in (-0.1, 1.0):
+    with pytest.raises(ValueError, match=rf"config.eval.val_fraction={bad} must be in \[0, 1\)"):
+      splits.resolve(LABELS, _Dataset, _dcfg(), val_fraction=bad)
 
 
 def _dcfg(**kw):

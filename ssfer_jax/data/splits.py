@@ -247,6 +247,8 @@ def resolve(labels, dataset, dcfg, *, val_fraction: float = 0.0, all_labels: boo
   ids file, or a fresh draw. An ids file's own held-out ids are used when it has them;
   otherwise they are drawn from the examples the file does not label."""
   n = len(labels)
+  if not 0 <= val_fraction < 1:
+    raise ValueError(f"config.eval.val_fraction={val_fraction} must be in [0, 1)")
   if all_labels:  # fully supervised: every example not held out (an ids file is not read)
     val = (select_validation(labels, val_fraction, dcfg.split_seed, dataset.num_classes)
            if val_fraction > 0 else None)
