@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.algorithm = "fixmatch"
   c.algo = algorithms.get_algorithm("fixmatch").default_config()
   c.pseudo_label_source = "teacher"   # 'teacher' (EMA) or 'student' (stop-gradient)
+  c.threshold_stats_source = "pseudo_label_source"  # or 'teacher': labeled-batch threshold statistics from the EMA teacher
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "synthetic"        # synthetic | rafdb | affectnet7 | affectnet8 | fer2013 | ferplus | sfew | image_folder | csv_list
@@ -39,8 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 16              # labeled images per global step
   c.data.uratio = 3                   # unlabeled images per labeled image
   c.data.labels_per_class = 10
-  c.data.num_labels = 0               # with label_protocol='adacm'
-  c.data.label_protocol = "uniform"   # 'uniform' (labels_per_class) or 'adacm' (num_labels)
+  c.data.num_labels = 0               # with label_protocol='adacm' or 'total_equal'
+  c.data.label_percent = 0.0          # with label_protocol='percent' (% of the training set)
+  c.data.label_counts = ()            # with label_protocol='long_tailed' (most frequent class first)
+  c.data.label_protocol = "uniform"   # per_class (alias uniform) | adacm | total_equal | percent | long_tailed (data/splits.py)
   c.data.labeled_ids_file = ""        # reproduce a published split
   c.data.split_seed = 0
   c.data.unlabeled_includes_labeled = False
@@ -82,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = 0.999
   c.ema.warmup = True                 # decay = min(decay, (1+t)/(10+t))
+  c.ema.student_decay = 0.0           # student params + BN stats *= 1 - this after each EMA update (Ada-CM/DTM: 0.02 * lr)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 1000
@@ -95,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
+  c.eval.val_fraction = 0.0           # > 0: stratified held-out part of the training set picks the best step
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1

@@ -78,6 +78,10 @@ def banner(config, trainer, resumed_from: int | None, workdir) -> str:
       f"  data    {len(ds.train)} train images: {len(td.labeled)} labeled "
       f"({' '.join(str(int(c)) for c in per_class)} per class), {n_unl} unlabeled; "
       f"{len(ds.test)} test; {config.data.image_size} px x {ds.channels} ch",
+      f"  split   {config.data.label_protocol if not config.data.labeled_ids_file else 'from ' + config.data.labeled_ids_file}"
+      f", seed {config.data.split_seed}, sha256 {td.split_hash}"
+      + (f"; {len(td.val_ids)} held out for validation (model selection)"
+         if td.val_ids is not None and len(td.val_ids) else ""),
       f"  model   {m.backbone}, attention {'on' if m.attention else 'off'}, feature dropout "
       f"{m.feature_dropout}, compute {m.compute_dtype}",
       f"  batch   {config.data.batch_size} labeled"
@@ -96,13 +100,15 @@ def banner(config, trainer, resumed_from: int | None, workdir) -> str:
   return "\n".join(lines)
 
 
-def eval_line(step: int, total: int, results: dict) -> str:
-  parts = [f"eval step {step}/{total}:"]
+def eval_line(step: int, total: int, results: dict, val: dict | None = None) -> str:
+  parts = []
   for net in ("teacher", "student"):
     r = results[net]
     parts.append(f"{net} top-1 {r['top1']:.4f} mean/class {r['mean_class_acc']:.4f} "
                  f"macro-F1 {r['macro_f1']:.4f}")
-  return " ".join(parts[:1]) + " " + " | ".join(parts[1:])
+  if val:
+    parts.append(f"held-out val: teacher top-1 {val['teacher']['top1']:.4f}")
+  return f"eval step {step}/{total}: " + " | ".join(parts)
 
 
 def results_table(summary: dict, final_eval: dict, class_names, workdir) -> str:
@@ -111,8 +117,13 @@ def results_table(summary: dict, final_eval: dict, class_names, workdir) -> str:
   lines = [
       f"final test accuracy (teacher): {t['final_top1']:.4f}  mean per-class: "
       f"{t['final_mean_class_acc']:.4f}  macro-F1: {t['final_macro_f1']:.4f}  best: "
-      f"{t['best_top1']:.4f} at step {t['best_step']}  | student final: {s['final_top1']:.4f}",
+      f"{t['best_top1']:.4f} at step {t['best_step']} (selected on test)  | student final: "
+      f"{s['final_top1']:.4f}",
   ]
+  if "val_best_step" in t:
+    lines.append(f"selected on the held-out validation part: step {t['val_best_step']}, test "
+                 f"top-1 {t['test_top1_at_val_best']:.4f}, mean per-class "
+                 f"{t['test_mean_class_acc_at_val_best']:.4f}")
   width = max(len(n) for n in class_names) + 2
   lines.append(f"  {'class':<{width}}{'support':>8}{'teacher P':>11}{'teacher R':>11}"
                f"{'student P':>11}{'student R':>11}")

@@ -37,6 +37,13 @@ def ema_update(ema, new, decay):
   return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema, new)
 
 
+def shrink(tree, factor):
+  """Every leaf times ``factor``: the weight decay Ada-CM / DTM / MixMatch put in their EMA
+  step (``param.mul_(1 - wd)`` on the student after the EMA update, BatchNorm statistics
+  included; ``config.ema.student_decay``)."""
+  return jax.tree.map(lambda a: a * jnp.asarray(factor, a.dtype), tree)
+
+
 def _split(tree, sizes):
   """Splits every leaf of a dict of batched arrays into consecutive chunks of ``sizes``."""
   offsets = [0]
@@ -55,13 +62,21 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     raise ValueError("config.pseudo_label_source must be 'teacher' or 'student', got "
                      f"{config.pseudo_label_source!r}")
   student_views = list(algorithm.student_views) if algorithm.uses_unlabeled else []
-  pseudo_views = list(algorithm.pseudo_views) if algorithm.uses_unlabeled else []
+  pseudo_views = list(algorithm.pseudo_views_for(algo_cfg)) if algorithm.uses_unlabeled else []
   # Views whose pseudo-labels come from the student but that the student does not
   # otherwise see: they join the student's forward pass (BatchNorm in train mode, as
   # in FixMatch's reference code) and are stop-gradiented.
   extra_views = [v for v in pseudo_views if from_student and v not in student_views]
   norm = functools.partial(normalize, mean=mean, std=std)
   teacher_on_labeled = algorithm.uses_unlabeled and algorithm.teacher_on_labeled(algo_cfg)
+  if config.threshold_stats_source not in ("pseudo_label_source", "teacher"):
+    raise ValueError("config.threshold_stats_source must be 'pseudo_label_source' or 'teacher', "
+                     f"got {config.threshold_stats_source!r}")
+  # The labeled-batch statistic (thresholds) comes from the EMA teacher when the pseudo-
+  # labels do, or when asked for (Ada-CM / DTM: student pseudo-labels, EMA thresholds).
+  stats_from_teacher = teacher_on_labeled and (
+      not from_student or config.threshold_stats_source == "teacher")
+  student_decay = float(config.ema.student_decay)
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
@@ -72,8 +87,8 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     sizes = [x.shape[0] for x in inputs]
 
     teacher = {}
-    if not from_student and (pseudo_views or teacher_on_labeled):
-      t_names = list(pseudo_views) + (["lb"] if teacher_on_labeled else [])
+    t_names = ([] if from_student else list(pseudo_views)) + (["lb"] if stats_from_teacher else [])
+    if t_names:
       t_inputs = [x_lb if v == "lb" else norm(batch["x_" + v]) for v in t_names]
       t_out = model.apply({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
                           jnp.concatenate(t_inputs), train=False)
@@ -99,7 +114,8 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
           logits_lb=logits_lb, y_lb=y_lb,
           logits_ulb_s=student["ulb_s"]["logits"] if "ulb_s" in student else None,
           logits_ulb_w=source["ulb_w"]["logits"],
-          teacher_logits_lb=source["lb"]["logits"] if "lb" in source else None,
+          teacher_logits_lb=((teacher if stats_from_teacher else source)["lb"]["logits"]
+                             if teacher_on_labeled else None),
           idx_ulb=batch["idx_ulb"].astype(jnp.int32), y_ulb=batch["y_ulb"].astype(jnp.int32),
           step=state.step, epoch=state.step.astype(jnp.float32) / steps_per_epoch,
           steps_per_epoch=steps_per_epoch,
@@ -125,12 +141,17 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     applied = optim.update_applied(tx, opt_state)
     decay = ema_decay(n_updates, config.ema.decay, config.ema.warmup)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(applied, a, b), new, old)
+    ema_params = keep(ema_update(state.ema_params, params, decay), state.ema_params)
+    ema_batch_stats = keep(ema_update(state.ema_batch_stats, aux["batch_stats"], decay),
+                           state.ema_batch_stats)
+    batch_stats = aux["batch_stats"]
+    if student_decay:  # after the EMA read them, as the reference WeightEMA.step does
+      params = keep(shrink(params, 1.0 - student_decay), params)
+      batch_stats = keep(shrink(batch_stats, 1.0 - student_decay), batch_stats)
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=aux["batch_stats"],
-        ema_params=keep(ema_update(state.ema_params, params, decay), state.ema_params),
-        ema_batch_stats=keep(ema_update(state.ema_batch_stats, aux["batch_stats"], decay),
-                             state.ema_batch_stats),
-        opt_state=opt_state, algo=aux["algo"])
+        step=state.step + 1, params=params, batch_stats=batch_stats,
+        ema_params=ema_params, ema_batch_stats=ema_batch_stats, opt_state=opt_state,
+        algo=aux["algo"])
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
                "grad_norm": optax.tree.norm(grads), "ema_decay": decay,

@@ -33,12 +33,13 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
+from ssfer_jax import selection
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax import config as config_lib
 from ssfer_jax.config import validate
 from ssfer_jax.data import pipeline
-from ssfer_jax.data.sources import load_dataset
+from ssfer_jax.data.sources import SubsetSource, load_dataset
 from ssfer_jax.models import build_model
 
 
@@ -210,8 +211,17 @@ class Trainer:
                                         self.dataset.channels)
     return self._test
 
-  def evaluate(self, state) -> dict:
-    images, labels = self.test_arrays()
+  def val_arrays(self):
+    """The held-out part of the training set (``config.eval.val_fraction``), or None."""
+    if self.train_data.val_ids is None:
+      return None
+    if not hasattr(self, "_val"):
+      self._val = pipeline.eval_arrays(SubsetSource(self.dataset.train, self.train_data.val_ids),
+                                       self.config.data.image_size, self.dataset.channels)
+    return self._val
+
+  def evaluate(self, state, arrays=None) -> dict:
+    images, labels = self.test_arrays() if arrays is None else arrays
     totals = None
     for x, y, valid in pipeline.eval_batches(images, labels, self.config.eval.batch_size):
       b = parallel.global_batch({"x": x, "y": y, "valid": valid}, self.batch_sharding)
@@ -363,12 +373,15 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
 
 def _write_eval(trainer, state, step, writer, workdir) -> float:
   results = trainer.evaluate(state)
-  for net, m in results.items():
-    writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
-                        "macro_f1": m["macro_f1"]}, f"eval_{net}")
+  val = trainer.val_arrays()
+  extra = {"val": trainer.evaluate(state, val)} if val is not None else {}
+  for prefix, res in (("eval", results), ("val", extra.get("val", {}))):
+    for net, m in res.items():
+      writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
+                          "macro_f1": m["macro_f1"]}, f"{prefix}_{net}")
   if trainer.is_main:
     (workdir / "eval" / f"step_{step}.json").write_text(json.dumps(
-        {"step": step, "class_names": list(trainer.dataset.class_names), **results}))
+        {"step": step, "class_names": list(trainer.dataset.class_names), **results, **extra}))
     png = workdir / "eval" / f"confusion_teacher_step_{step}.png"
     plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
                         f"teacher, step {step}: top-1 {results['teacher']['top1']:.3f}, "
@@ -376,7 +389,7 @@ def _write_eval(trainer, state, step, writer, workdir) -> float:
     writer.image("eval_teacher/confusion", png, step)
     if _plot_thresholds(workdir, trainer.dataset.class_names):
       writer.image("algo/thresholds", workdir / "thresholds.png", step)
-    console.say(console.eval_line(step, trainer.config.train.num_steps, results))
+    console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
   writer.flush()
   return results["teacher"]["top1"]
 
@@ -398,6 +411,9 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
          "num_steps": cfg.train.num_steps, "final_step": final_step, "num_labeled": len(trainer.train_data.labeled),
          "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
          "class_names": list(trainer.dataset.class_names),
+         "labeled_ids_sha256": trainer.train_data.split_hash,
+         "num_val": 0 if trainer.train_data.val_ids is None else len(trainer.train_data.val_ids),
+         "selection_note": selection.NOTE,
          "wall_time_s": wall, "compile_s": compile_s,
          "train": {k: float(v) for k, v in last_means.items() if np.ndim(v) == 0}}
   for net in ("teacher", "student"):
@@ -406,7 +422,8 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
     out[net] = {"final_top1": final["top1"], "final_mean_class_acc": final["mean_class_acc"],
                 "final_macro_f1": final["macro_f1"], "best_top1": history[best_step][net]["top1"],
                 "best_step": best_step,
-                "best_mean_class_acc": max(r[net]["mean_class_acc"] for r in history.values())}
+                "best_mean_class_acc": max(r[net]["mean_class_acc"] for r in history.values()),
+                "best_selected_on": "test", **selection.by_validation(history, net)}
   return out
 
 

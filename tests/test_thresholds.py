@@ -158,6 +158,8 @@ def make_batches(n_steps):
         y_lb=y_lb,
         logits_ulb_s=rng.normal(size=(U, C)).astype(np.float32),
         logits_ulb_w=(4 * rng.normal(size=(U, C))).astype(np.float32),
+        # dtm's second weak view (dta_snl's default reads one view and ignores it)
+        logits_ulb_w2=(4 * rng.normal(size=(U, C))).astype(np.float32),
         teacher_logits_lb=(rng.normal(size=(B, C)) + hint).astype(np.float32),
         idx_ulb=np.arange(U, dtype=np.int32),
         y_ulb=np.where(rng.random(U) < 0.5, rng.integers(0, C, U), -1).astype(np.int32)))

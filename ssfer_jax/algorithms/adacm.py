@@ -30,8 +30,10 @@ What the reference does, and how it is encoded here:
   ``steps_per_epoch``.
 * **Pseudo-labels** from the mean of the softmax of two weak views:
   ``p = (softmax(w) + softmax(w2)) / 2``, ``q = max p``, ``yhat = argmax p``,
-  ``mask = 1[q >= tau[yhat]]`` (``>=``, float32). (The reference computes them with the
-  student in train mode; set ``config.pseudo_label_source='student'`` for that.)
+  ``mask = 1[q >= tau[yhat]]`` (``>=``, float32; ``base.two_view_confidence``, shared with
+  DTM). (The reference computes them with the student in train mode and keeps the EMA model
+  for the thresholds: ``config.pseudo_label_source='student'`` with
+  ``config.threshold_stats_source='teacher'``, as ``configs/reference/adacm_rafdb.py`` sets.)
 * **Losses**: ``L_u = mean(mask * CE(student strong, yhat))``; the low-confidence
   samples (mask = 0) go to a SimCLR loss (``SupConLoss`` without labels, T = 0.07,
   base temperature 0.07) on the student's L2-normalised features of their two weak views;
@@ -41,12 +43,12 @@ What the reference does, and how it is encoded here:
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ssfer_jax.algorithms import thresholds
-from ssfer_jax.algorithms.base import Algorithm, UnlabeledOutput, masked_mean_ce
+from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, epoch_length, masked_mean_ce,
+                                       two_view_confidence)
 
 FLOOR = 0.8
 
@@ -94,20 +96,13 @@ def simclr_loss(f1, f2, valid, temperature, base_temperature=0.07):
   return jnp.sum(v * per_anchor) / jnp.maximum(jnp.sum(v), 1.0)
 
 
-def epoch_length(inputs, cfg):
-  return int(cfg.epoch_steps) if cfg.epoch_steps > 0 else int(inputs.steps_per_epoch)
-
-
 def unlabeled_loss(state, inputs, cfg):
   if inputs.logits_ulb_w2 is None or inputs.student_ulb_w is None or inputs.student_ulb_w2 is None:
     raise ValueError("adacm needs the second weak view 'ulb_w2' and the student's outputs on "
                      "'ulb_w' and 'ulb_w2' (StepInputs.logits_ulb_w2 / student_ulb_w / "
                      "student_ulb_w2)")
   num_classes = inputs.logits_ulb_w.shape[-1]
-  probs = (jax.nn.softmax(inputs.logits_ulb_w.astype(jnp.float32), -1)
-           + jax.nn.softmax(inputs.logits_ulb_w2.astype(jnp.float32), -1)) / 2.0
-  conf = jnp.max(probs, axis=-1)
-  pseudo = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+  conf, pseudo, _ = two_view_confidence(inputs.logits_ulb_w, inputs.logits_ulb_w2)
   mask = thresholds.threshold_mask(conf, pseudo, state["tau"])
   loss_u = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
   loss_con = simclr_loss(inputs.student_ulb_w["features"], inputs.student_ulb_w2["features"],

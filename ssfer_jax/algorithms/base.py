@@ -34,8 +34,9 @@ class StepInputs(NamedTuple):
   """What an algorithm may read. Shapes: B labeled, U unlabeled, C classes.
 
   logits_*: float32. ``logits_ulb_w`` / ``logits_ulb_w2`` / ``teacher_logits_lb`` come from
-  the pseudo-label source and carry no gradient; ``logits_lb``, ``logits_ulb_s`` and the
-  ``student_*`` entries are the student's, with gradient.
+  the pseudo-label source (``teacher_logits_lb`` from the EMA teacher instead with
+  ``config.threshold_stats_source='teacher'``) and carry no gradient; ``logits_lb``,
+  ``logits_ulb_s`` and the ``student_*`` entries are the student's, with gradient.
   """
   logits_lb: jax.Array              # (B, C) student, labeled weak view
   y_lb: jax.Array                   # (B,) int32
@@ -70,7 +71,9 @@ class Algorithm:
   init_state: (cfg, num_classes, num_unlabeled) -> pytree of jnp arrays.
   unlabeled_loss: (state, StepInputs, cfg) -> UnlabeledOutput. ``None`` for labeled-only.
   student_views: unlabeled views the student runs on with gradient.
-  pseudo_views: unlabeled views the pseudo-label source runs on.
+  pseudo_views: unlabeled views the pseudo-label source runs on: a tuple, or a function of
+    ``config.algo`` (DTM / DTA's two-weak-view option); read it through
+    ``pseudo_views_for(algo_cfg)``.
   needs_teacher_on_labeled: whether ``StepInputs.teacher_logits_lb`` is used: a bool, or a
     function of ``config.algo`` (DTA needs it only for the 'labeled_correct' statistic);
     read it through ``teacher_on_labeled(algo_cfg)``.
@@ -82,7 +85,8 @@ class Algorithm:
   unlabeled_loss: Optional[Callable[[PyTree, StepInputs, ml_collections.ConfigDict],
                                     UnlabeledOutput]]
   student_views: tuple[str, ...] = ("ulb_s",)
-  pseudo_views: tuple[str, ...] = ("ulb_w",)
+  pseudo_views: Union[tuple[str, ...], Callable[[ml_collections.ConfigDict], tuple[str, ...]]] = (
+      "ulb_w",)
   needs_teacher_on_labeled: Union[bool, Callable[[ml_collections.ConfigDict], bool]] = False
   uses_unlabeled: bool = True
   uses_all_labels: bool = False
@@ -93,10 +97,21 @@ class Algorithm:
     need = self.needs_teacher_on_labeled
     return bool(need(algo_cfg) if callable(need) else need)
 
+  def pseudo_views_for(self, algo_cfg) -> tuple[str, ...]:
+    """The unlabeled views the pseudo-label source runs on under ``algo_cfg``."""
+    views = self.pseudo_views
+    return tuple(views(algo_cfg) if callable(views) else views)
+
+  def views_for(self, algo_cfg) -> tuple[str, ...]:
+    """Every unlabeled view the input pipeline must produce under ``algo_cfg``."""
+    if not self.uses_unlabeled:
+      return ()
+    return tuple(sorted(set(self.student_views) | set(self.pseudo_views_for(algo_cfg))))
+
   @property
   def views(self) -> tuple[str, ...]:
-    """Every unlabeled view the input pipeline must produce."""
-    return tuple(sorted(set(self.student_views) | set(self.pseudo_views))) if self.uses_unlabeled else ()
+    """``views_for`` the method's default hyper-parameters."""
+    return self.views_for(self.default_config())
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,6 +129,14 @@ def confidence_and_label(logits):
   return jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
 
 
+def two_view_confidence(logits_w, logits_w2):
+  """Ada-CM / DTM pseudo-labels from two weak views: ``p = (softmax(w) + softmax(w2)) / 2``;
+  returns (max p, arg-max p, p) in float32 like ``confidence_and_label``."""
+  probs = (jax.nn.softmax(logits_w.astype(jnp.float32), axis=-1)
+           + jax.nn.softmax(logits_w2.astype(jnp.float32), axis=-1)) / 2.0
+  return jnp.max(probs, axis=-1), jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
+
+
 def masked_mean_ce(logits_s, pseudo_labels, mask):
   """mean over all U samples of mask * CE(student strong, pseudo) (the FixMatch form)."""
   return jnp.mean(mask * cross_entropy(logits_s, pseudo_labels))
@@ -122,6 +145,12 @@ def masked_mean_ce(logits_s, pseudo_labels, mask):
 def no_state(cfg, num_classes, num_unlabeled):
   del cfg, num_classes, num_unlabeled
   return {}
+
+
+def epoch_length(inputs, cfg) -> int:
+  """Steps between 'epoch'-cadence updates: ``cfg.epoch_steps`` when > 0 (the Ada-CM / DTM
+  reference's fixed ``--train-iteration`` = 800), else the trainer's ``steps_per_epoch``."""
+  return int(cfg.epoch_steps) if cfg.epoch_steps > 0 else int(inputs.steps_per_epoch)
 
 
 def linear_rampup(step, rampup_steps):

@@ -8,9 +8,20 @@ labels** (SNL, ``snl.py``). Loss (the step adds ``lambda_x * CE(labeled)``)::
 
     lambda_u * mean(mask * CE(strong, pseudo)) + lambda_neg * ramp(step) * L_neg
 
-``dtm`` (the authors' 2023 Dynamic Threshold Module): the same machinery with the 2023
-settings: labeled-correct statistics, an EMA with m = 0.9 applied once per epoch, floor
-0.8, the reset rule (SPEC §2.1), and no SNL.
+``dtm`` (the authors' 2023 Dynamic Threshold Module, CZP-1/SSL-DTM ``train_dtm.py``): the
+same machinery with the 2023 settings: labeled-correct statistics, an EMA with m = 0.9
+applied once per epoch, floor 0.8, the reset rule (SPEC §2.1), no SNL; as in that code's
+``train()``, the pseudo-label and its confidence come from the mean of the softmaxes of
+**two weak views**, ``p = (softmax(w1) + softmax(w2)) / 2`` (the Ada-CM machinery,
+``base.two_view_confidence``), and the loss is ``L_x + 0.5 L_u`` (``lambda_u = 0.5``).
+``configs/reference/dtm.py`` adds the rest of the reference recipe (student pseudo-labels,
+EMA-teacher threshold statistics, the EMA's weight decay).
+
+``dta_snl`` keeps one weak view by default (``pseudo_from_two_views = False``): the 2026
+paper describes "the weak view" and is silent on a second one, the project's published
+default results must not move, and a second view costs one more forward pass of the
+unlabeled batch through the pseudo-label source. ``pseudo_from_two_views = True`` gives
+it DTM's two-view mean (the complementary labels of SNL are then read off that mean).
 
 **[reconstructed]** Both the DTA update rule and SNL are reconstructions (SPEC §1.1,
 §1.2); see the docstrings of ``thresholds.py`` and ``snl.py``. The defaults below that
@@ -26,6 +37,8 @@ Hyper-parameters (``config.algo``):
   fixed_tau               the fixed threshold used when use_dta is False (FixMatch's 0.95)
   threshold_source        'labeled_correct' | 'unlabeled' (statistic mu_c)
   threshold_cadence       'step' | 'epoch'
+  epoch_steps             > 0: length of an 'epoch' for that cadence (DTM's reference: 800
+                          iterations); 0: the trainer's steps_per_epoch (a pass over the data)
   threshold_rule          'ema' | 'adacm_ramp' (tau = max(min, 0.97 mu sigmoid(epoch)))
   threshold_momentum      m of the EMA rule, per update
   threshold_min / _max    floor / ceiling
@@ -33,6 +46,7 @@ Hyper-parameters (``config.algo``):
   threshold_dtm_reset     DTM's reset rule (reset to threshold_reset_value)
   threshold_reset_value   0.8
   threshold_update_first  True: mask with the thresholds updated on this step's batch
+  pseudo_from_two_views   pseudo-labels from the mean softmax of two weak views (DTM's rule)
   lambda_u                weight of the positive pseudo-label loss
   use_snl                 Selective Negative Learning on/off (ablation)
   tau_neg                 complementary labels: classes (not the arg-max) with p < tau_neg
@@ -56,7 +70,8 @@ import ml_collections
 
 from ssfer_jax.algorithms import snl, thresholds
 from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, confidence_and_label,
-                                       linear_rampup, masked_mean_ce)
+                                       epoch_length, linear_rampup, masked_mean_ce,
+                                       two_view_confidence)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -65,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fixed_tau": 0.95,
       "threshold_source": "labeled_correct",
       "threshold_cadence": "step",
+      "epoch_steps": 0,
       "threshold_rule": "ema",
       "threshold_momentum": 0.999,
       "threshold_min": 0.8,
@@ -73,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
       "threshold_dtm_reset": False,
       "threshold_reset_value": 0.8,
       "threshold_update_first": False,
+      "pseudo_from_two_views": False,
       "lambda_u": 1.0,
       "use_snl": True,
       "tau_neg": 0.05,
@@ -85,8 +102,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 def dtm_default_config() -> ml_collections.ConfigDict:
   """DTM (2023): m = 0.9 once per epoch, floor 0.8, labeled-correct statistics, reset rule,
-  no ceiling below 1, no SNL. Same keys as ``dta_snl`` (it is the same machinery)."""
+  no ceiling below 1, no SNL, two weak views, ``L_x + 0.5 L_u``. Same keys as ``dta_snl``
+  (it is the same machinery)."""
   c = default_config()
+  c.pseudo_from_two_views = True
+  c.lambda_u = 0.5
   c.threshold_source = "labeled_correct"
   c.threshold_cadence = "epoch"
   c.threshold_momentum = 0.9
@@ -117,7 +137,14 @@ def init_state(cfg, num_classes: int, num_unlabeled: int):
 def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
   """One step of DTA (+ SNL); see the module docstring."""
   logits_w = jax.lax.stop_gradient(inputs.logits_ulb_w)
-  conf, pseudo, probs = confidence_and_label(logits_w)
+  if cfg.pseudo_from_two_views:
+    if inputs.logits_ulb_w2 is None:
+      raise ValueError("config.algo.pseudo_from_two_views=True needs the second weak view "
+                       "'ulb_w2' (StepInputs.logits_ulb_w2)")
+    conf, pseudo, probs = two_view_confidence(logits_w,
+                                              jax.lax.stop_gradient(inputs.logits_ulb_w2))
+  else:
+    conf, pseudo, probs = confidence_and_label(logits_w)
   num_classes = logits_w.shape[-1]
 
   if cfg.use_dta:
@@ -129,7 +156,7 @@ def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
         opts, conf_ulb=conf, pseudo_ulb=pseudo, teacher_logits_lb=teacher_lb, y_lb=inputs.y_lb,
         num_classes=num_classes)
     new_state = thresholds.update(state, batch_sum, batch_count, opts, step=inputs.step,
-                                  steps_per_epoch=inputs.steps_per_epoch)
+                                  steps_per_epoch=epoch_length(inputs, cfg))
     tau = new_state["tau"] if cfg.threshold_update_first else state["tau"]
   else:
     new_state = state
@@ -153,6 +180,11 @@ def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
                          metrics=metrics)
 
 
+def pseudo_views(cfg) -> tuple[str, ...]:
+  """One weak view, or two with ``pseudo_from_two_views`` (DTM's default)."""
+  return ("ulb_w", "ulb_w2") if cfg.pseudo_from_two_views else ("ulb_w",)
+
+
 def needs_teacher_on_labeled(cfg) -> bool:
   """Only the 'labeled_correct' statistic reads the teacher's labeled-batch logits; the
   'unlabeled' source and the fixed-threshold ablation skip that 1/8 of the teacher pass."""
@@ -160,7 +192,8 @@ def needs_teacher_on_labeled(cfg) -> bool:
 
 
 DTA_SNL = Algorithm(name="dta_snl", default_config=default_config, init_state=init_state,
-                    unlabeled_loss=unlabeled_loss,
+                    unlabeled_loss=unlabeled_loss, pseudo_views=pseudo_views,
                     needs_teacher_on_labeled=needs_teacher_on_labeled)
 DTM = Algorithm(name="dtm", default_config=dtm_default_config, init_state=init_state,
-                unlabeled_loss=unlabeled_loss, needs_teacher_on_labeled=needs_teacher_on_labeled)
+                unlabeled_loss=unlabeled_loss, pseudo_views=pseudo_views,
+                needs_teacher_on_labeled=needs_teacher_on_labeled)

@@ -84,33 +84,38 @@ class TrainData:
   unlabeled: SubsetSource | None
   labeled_ids: np.ndarray
   steps_per_epoch: int
+  val_ids: np.ndarray | None = None   # held out for model selection (config.eval.val_fraction)
+  split_hash: str = ""                # splits.split_hash(labeled_ids)
 
 
 def split_train(dataset, config, algorithm, workdir=None) -> TrainData:
-  """Chooses the labeled ids (budget or file), writes them to the workdir."""
+  """Chooses the labeled ids (budget or file) and the held-out validation ids
+  (``config.eval.val_fraction``), writes them to the workdir and prints their hash."""
   train = dataset.train
   n = len(train)
   dcfg = config.data
-  if algorithm.uses_all_labels:
-    ids = np.arange(n)
-  elif dcfg.labeled_ids_file:
-    ids = splits.read_ids(dcfg.labeled_ids_file, dataset=dataset.name, num_train=n)
-  else:
-    budget = splits.per_class_budget(dataset.num_classes, labels_per_class=dcfg.labels_per_class,
-                                     total=dcfg.num_labels, protocol=dcfg.label_protocol)
-    ids = splits.select_labeled(np.asarray(train.labels), budget, dcfg.split_seed)
+  labels = np.asarray(train.labels)
+  val_fraction = float(config.eval.val_fraction)
+  ids, val = splits.resolve(labels, dataset, dcfg, val_fraction=val_fraction,
+                            all_labels=algorithm.uses_all_labels)
   if workdir is not None and jax.process_index() == 0:
-    splits.write_ids(f"{workdir}/labeled_ids.json", ids, dataset=dataset.name, num_train=n)
+    protocol = ("all" if algorithm.uses_all_labels else "file" if dcfg.labeled_ids_file
+                else splits.canonical_protocol(dcfg.label_protocol))
+    splits.write_ids(f"{workdir}/labeled_ids.json", ids, dataset=dataset.name, num_train=n,
+                     labels=labels, num_classes=dataset.num_classes, val_ids=val,
+                     protocol=protocol)
   labeled = SubsetSource(train, ids)
   unlabeled = None
   if algorithm.uses_unlabeled:
     rest = np.arange(n) if dcfg.unlabeled_includes_labeled else np.setdiff1d(np.arange(n), ids)
+    if val is not None:
+      rest = np.setdiff1d(rest, val)
     unlabeled = SubsetSource(train, rest)
   if unlabeled is not None:
     steps = max(1, len(unlabeled) // (dcfg.batch_size * dcfg.uratio))
   else:
     steps = max(1, len(labeled) // dcfg.batch_size)
-  return TrainData(labeled, unlabeled, ids, steps)
+  return TrainData(labeled, unlabeled, ids, steps, val_ids=val, split_hash=splits.split_hash(ids))
 
 
 def _host_slice(source_len: int):
@@ -185,7 +190,7 @@ class TrainBatches:
 
   def __init__(self, train: TrainData, config, algorithm, channels: int = 3):
     self._lb_ds = labeled_stream(train, config, channels)
-    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views)
+    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views_for(config.algo))
                     if algorithm.uses_unlabeled else None)
     self.lb = iter(self._lb_ds)
     self.ulb = iter(self._ulb_ds) if self._ulb_ds is not None else None
