@@ -277,7 +277,8 @@ RESUME_FREE = ("train.num_steps", "train.log_every", "train.eval_every", "train.
                "data.read_threads", "data.prefetch", "eval.batch_size", "dataset.data_dir",
                "mesh", "distributed")
 RESUME_IDENTITY = ("algorithm", "dataset", "model", "data.image_size", "data.labels_per_class",
-                   "data.num_labels", "data.label_protocol", "data.labeled_ids_file",
+                   "data.num_labels", "data.label_percent", "data.label_counts",
+                   "data.label_protocol", "data.labeled_ids_file",
                    "data.split_seed", "data.unlabeled_includes_labeled", "eval.val_fraction",
                    "optim.name", "optim.accum_steps", "population")
 

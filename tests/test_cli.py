@@ -73,6 +73,11 @@ def test_prepare_and_bench_user_errors_are_one_line(tmp_path):
   _one_error_line(rc, err, str(tmp_path / "missing"))
   rc, _, err = _cli("-m", "ssfer_jax.data.prepare", "--dataset=rafdbx")
   _one_error_line(rc, err, "rafdbx")
+  rc, _, err = _cli("-m", "ssfer_jax.data.splits", "--dataset=synthetic", "--protocol=per_class",
+                    "--labels_per_class=5000", f"--out={tmp_path / 's.json'}")
+  _one_error_line(rc, err, "class 0 (neutral)", "5000")
+  rc, _, err = _cli("bench/input_pipeline.py", "--sizes")
+  _one_error_line(rc, err, "--sizes")
   rc, _, err = _cli("bench/compare_methods.py", "--methods=foo")
   _one_error_line(rc, err, "foo")
   rc, _, err = _cli("bench/ablation_dta_snl.py", "--seeds=x")

@@ -41,7 +41,6 @@ import fractions
 import hashlib
 import json
 import logging
-import sys
 
 import numpy as np
 from etils import epath
@@ -309,14 +308,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app
+  from ssfer_jax import cli
   _define_flags()
-
-  def _main(argv):
-    try:
-      main(argv)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(_main)
+  cli.run_absl(main)
