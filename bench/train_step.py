@@ -401,7 +401,7 @@ def time_input_pipeline(size, b, uratio, batches, workdir) -> dict:
   faces (RAF-DB's aligned size) resized to ``size``, with the config's worker settings."""
   from ssfer_jax import algorithms
   from ssfer_jax.data import pipeline
-  from ssfer_jax.data.sources import load_dataset
+  from ssfer_jax.data.datasets import load_dataset
   c = bench_config("dta_snl", size, b, uratio)
   c.dataset.render_size = 100
   c.dataset.num_train = max(200, 2 * b * (1 + uratio))

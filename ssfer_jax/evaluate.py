@@ -62,7 +62,7 @@ from ssfer_jax import metrics as metrics_lib
 from ssfer_jax import parallel, plots, predict
 from ssfer_jax import step as step_lib
 from ssfer_jax.data import classes, pipeline
-from ssfer_jax.data.sources import load_dataset
+from ssfer_jax.data.datasets import load_dataset
 from ssfer_jax.state import TrainState
 
 NETS = ("teacher", "student")

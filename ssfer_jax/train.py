@@ -39,7 +39,8 @@ from ssfer_jax import step as step_lib
 from ssfer_jax import config as config_lib
 from ssfer_jax.config import validate
 from ssfer_jax.data import pipeline
-from ssfer_jax.data.sources import SubsetSource, load_dataset
+from ssfer_jax.data.datasets import load_dataset
+from ssfer_jax.data.sources import SubsetSource
 from ssfer_jax.models import build_model
 
 

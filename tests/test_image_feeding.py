@@ -77,7 +77,7 @@ def test_predict_decodes_files_as_the_builders_do(tmp_path):
 
 # -- the four paths ------------------------------------------------------------------------
 class _Source:
-  """An in-memory split, as ``sources.load_dataset`` returns one."""
+  """An in-memory split, as ``datasets.load_dataset`` returns one."""
 
   def __init__(self, items):
     self.items = items

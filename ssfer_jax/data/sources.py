@@ -1,4 +1,4 @@
-"""Random-access data sources, one per dataset name: ``load_dataset(config) -> Dataset``.
+"""Random-access data sources and the ``Dataset`` record (``data/datasets.py`` loads one by name).
 
 A source is anything with ``__len__``, ``__getitem__(i) -> {'image': uint8 (H,W,C),
 'label': int}`` and a ``labels`` numpy array (so label budgets can be drawn without
@@ -11,9 +11,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-
-from ssfer_jax.data import synthetic
-from ssfer_jax.data.classes import class_names as canonical_names
 
 
 class ArraySource:
@@ -65,16 +62,3 @@ class Dataset:
   num_classes: int
   class_names: tuple
   channels: int = 3
-
-
-def load_dataset(config) -> Dataset:
-  name = config.dataset.name
-  if name == "synthetic":
-    kw = dict(seed=config.dataset.seed, size=config.dataset.render_size,
-              nuisance=config.dataset.nuisance)
-    train = synthetic.make_split("train", config.dataset.num_train, **kw)
-    test = synthetic.make_split("test", config.dataset.num_test, **kw)
-    return Dataset(name, ArraySource(train["image"], train["label"]),
-                   ArraySource(test["image"], test["label"]), 7, canonical_names(7))
-  from ssfer_jax.data import tfds_sources  # real datasets (TFDS ArrayRecord), imported lazily
-  return tfds_sources.load(config)

@@ -273,7 +273,7 @@ def resolve(labels, dataset, dcfg, *, val_fraction: float = 0.0, all_labels: boo
 def main(argv):
   from absl import flags
   from ssfer_jax.config import base_config
-  from ssfer_jax.data.sources import load_dataset
+  from ssfer_jax.data.datasets import load_dataset
   f = flags.FLAGS
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
