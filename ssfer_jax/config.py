@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.async_checkpoint = True
   c.train.progress = True             # live progress line on stderr
+  c.train.xla_cpu_options = "auto"   # CPU convolution path: auto | default | eigen | {...} (xla_options.py)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
