@@ -14,7 +14,8 @@ Values of the key:
 * ``'eigen'``: YNNPACK fusions off (``xla_cpu_experimental_ynn_fusion_type=''``):
   convolutions and dots run in XLA's Eigen runtime.
 * a dict-like string of raw XLA options, e.g. ``"{'xla_cpu_enable_fast_math': True}"``
-  or ``"xla_cpu_enable_fast_math=true,xla_cpu_experimental_ynn_fusion_type="``.
+  or ``'xla_cpu_enable_fast_math=true;xla_cpu_experimental_ynn_fusion_type='`` (``;``
+  separates options: an option's own value may hold commas, e.g. a list of fusion types).
 
 Switching paths changes float rounding (the convolutions sum in another order), so a run
 resumed under another path does not reproduce the uninterrupted run bit for bit; within one
@@ -91,16 +92,16 @@ def parse(value: str, flags=None) -> tuple[str, dict]:
                        f"({e}); write e.g. \"{{'xla_cpu_enable_fast_math': True}}\"") from e
   elif "=" in value:
     options = {}
-    for item in value.split(","):
+    for item in value.split(";"):
       key, sep, val = item.partition("=")
       if not sep or not key.strip():
         raise ValueError(f"config.train.xla_cpu_options: {item!r} is not KEY=VALUE; write "
-                         "e.g. 'xla_cpu_enable_fast_math=true,xla_cpu_use_xnnpack=false'")
+                         "e.g. 'xla_cpu_enable_fast_math=true;xla_cpu_use_xnnpack=false'")
       options[key.strip()] = _parse_scalar(val)
   else:
     raise ValueError(f"config.train.xla_cpu_options={value!r}: use 'auto', "
                      f"{', '.join(repr(p) for p in PRESETS)}, or XLA options as "
-                     "\"{'name': value}\" or 'name=value,name=value'")
+                     "\"{'name': value}\" or 'name=value;name=value'")
   if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
     raise ValueError(f"config.train.xla_cpu_options={value!r}: expected a dict of option "
                      "names to values")

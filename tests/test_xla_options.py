@@ -39,8 +39,10 @@ def test_explicit_values():
   assert xla_options.parse("eigen") == ("eigen", YNN_OFF)
   # Raw options in either spelling; a preset's options get the preset's name.
   assert xla_options.parse("{'xla_cpu_experimental_ynn_fusion_type': ''}") == ("eigen", YNN_OFF)
-  name, options = xla_options.parse("xla_cpu_enable_fast_math=true,xla_cpu_use_xnnpack=0")
+  name, options = xla_options.parse("xla_cpu_enable_fast_math=true;xla_cpu_use_xnnpack=0")
   assert options == {"xla_cpu_enable_fast_math": True, "xla_cpu_use_xnnpack": 0}
+  assert xla_options.parse("xla_cpu_experimental_ynn_fusion_type=A,B")[1] == {
+      "xla_cpu_experimental_ynn_fusion_type": "A,B"}
   assert name.startswith("custom ")
   for bad in ("fastest", "{'a': ", "=1", "['xla_cpu_enable_fast_math']"):
     with pytest.raises(ValueError, match="config.train.xla_cpu_options"):
