@@ -51,7 +51,7 @@ _PART = flags.DEFINE_enum("part", "steps", ["steps", "torch_compile", "input", "
 _OUT = flags.DEFINE_string("out", os.environ.get("OUT") or "runs/gpu_bench", "Output folder.")
 _BATCHES = flags.DEFINE_list("batches", ["64", "32"], "B values (labeled images per step).")
 _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "config.model.compute_dtype values.")
-_BUDGET = flags.DEFINE_float("budget_s", 240.0, "steps part: no new cell after this many seconds.")
+_BUDGET = flags.DEFINE_float("budget_s", 200.0, "steps part: no new cell after this many seconds.")
 _COMPILE_LIMIT = flags.DEFINE_float("compile_limit_s", 60.0,
                                     "torch_compile: the first (compiling) step must end within this.")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "MFU reference: dense bfloat16 TFLOP/s (H200).")
@@ -277,5 +277,5 @@ if __name__ == "__main__":
   flags.FLAGS.set_default("rounds", 5)
   flags.FLAGS.set_default("warmup", 3)
   flags.FLAGS.set_default("settle_s", 0.2)
-  flags.FLAGS.set_default("input_batches", 20)
+  flags.FLAGS.set_default("input_batches", 10)
   app.run(main)
