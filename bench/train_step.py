@@ -43,7 +43,8 @@ Parts (``--parts``, comma-separated):
   change of machine load hits both; the table shows the median round.
   Also: compile time (lower + compile of the step), model FLOPs per step from XLA's cost
   analysis of the compiled step, and the achieved FLOP/s against the peak.
-  ``--xla_cpu_options`` (default ``auto,default``) adds a jax row per XLA:CPU convolution
+  ``--xla_cpu_options`` (repeatable; default ``auto``, ``default``, ``eigen``, dropping
+  values that resolve to an earlier one's options) adds a jax row per XLA:CPU convolution
   path (``config.train.xla_cpu_options``, ``ssfer_jax/xla_options.py``): ``jax/<mode>`` is
   the first (the Trainer's choice), ``jax@<value>/<mode>`` the others, in the same rounds.
   **Load guard:** the JAX / PyTorch ratios are not printed when the load average exceeds
@@ -95,9 +96,11 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
 _CHANNELS_LAST = flags.DEFINE_bool("torch_channels_last", True,
                                    "torch: channels_last layout (faster with oneDNN on CPU).")
 _XLA_CPU = flags.DEFINE_multi_string(
-    "xla_cpu_options", ["auto", "default"],
+    "xla_cpu_options", ["auto", "default", "eigen"],
     "jax variants, config.train.xla_cpu_options, one per flag (XLA:CPU convolution path; the "
-    "first is the 'jax/' row, the others 'jax@<value>/'). One row off CPU: CPU-only options.")
+    "first is the 'jax/' row, the others 'jax@<value>/'; a value resolving to the same "
+    "options as an earlier one is dropped, so the default is auto's choice vs the other "
+    "path). One row off CPU: the options are CPU-only.")
 _MAXPOOL = flags.DEFINE_list("jax_maxpool", ["fast"],
                              "jax variants, config.model.max_pool: 'fast' (the models' default, "
                              "ssfer_jax/models/pooling.py) and/or 'xla' (flax nn.max_pool).")
@@ -614,7 +617,13 @@ def jax_variants(platform):
   with the first max-pool."""
   if "jax" not in _IMPLS.value:
     return []
-  pools, xlas = _MAXPOOL.value, (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1])
+  from ssfer_jax import xla_options
+  pools, xlas, seen = _MAXPOOL.value, [], []
+  for value in (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1]):
+    options = xla_options.parse(value)[1]
+    if options not in seen:
+      seen.append(options)
+      xlas.append(value)
   return ([(pools[0], xlas[0])] + [(p, xlas[0]) for p in pools[1:]]
           + [(pools[0], x) for x in xlas[1:]])
 
