@@ -152,7 +152,8 @@ class TorchStep:
                head_dropout=0.5, norm_scale=16.0, lr=5e-4, ema_decay=0.999,
                threshold_momentum=0.999, tau_min=0.8, tau_max=0.95, tau_init=0.8,
                lambda_u=1.0, tau_neg=0.05, lambda_neg=1.0, neg_rampup_steps=1000,
-               neg_eps=1e-7, channels_last=False, seed=0, dev=None):
+               neg_eps=1e-7, channels_last=False, seed=0, dev=None, amp_dtype=None,
+               compile=False):
     if mode not in ("dta_snl", "supervised"):
       raise ValueError(f"mode must be 'dta_snl' or 'supervised', got {mode!r}")
     self.mode, self.dev = mode, dev or device()
@@ -178,6 +179,11 @@ class TorchStep:
     self.std = torch.tensor(STD, device=self.dev).view(1, 3, 1, 1)
     self.t = 0
     self._ema_pairs()
+    # bench/gpu_bench.py: bfloat16 autocast (as config.model.compute_dtype='bfloat16': the
+    # parameters stay float32) and torch.compile of the two networks' forward passes.
+    self.amp_dtype = amp_dtype
+    self.student_fwd = torch.compile(self.model) if compile else self.model
+    self.teacher_fwd = torch.compile(self.teacher) if compile else self.teacher
 
   def _ema_pairs(self):
     s_params = dict(self.model.named_parameters())
@@ -199,21 +205,27 @@ class TorchStep:
     return x.contiguous(memory_format=self.memory_format)
 
   def step(self, batch):
+    if self.amp_dtype is None:
+      return self._step(batch)
+    with torch.autocast(self.dev.type, dtype=self.amp_dtype):
+      return self._step(batch)
+
+  def _step(self, batch):
     y_lb = torch.from_numpy(np.asarray(batch["y_lb"], np.int64)).to(self.dev)
     x_lb = self.to_device(batch["x_lb"])
     b = x_lb.shape[0]
     if self.mode == "supervised":
       self.model.train()
-      loss = F.cross_entropy(self.model(x_lb), y_lb)
+      loss = F.cross_entropy(self.student_fwd(x_lb), y_lb)
     else:
       x_w = self.to_device(batch["x_ulb_w"])
       x_s = self.to_device(batch["x_ulb_s"])
       u = x_w.shape[0]
       with torch.no_grad():
-        t_logits = self.teacher(torch.cat([x_w, x_lb]))
+        t_logits = self.teacher_fwd(torch.cat([x_w, x_lb]))
       t_w, t_lb = t_logits[:u], t_logits[u:]
       self.model.train()
-      logits = self.model(torch.cat([x_lb, x_s]))
+      logits = self.student_fwd(torch.cat([x_lb, x_s]))
       logits_lb, logits_s = logits[:b], logits[b:]
       loss_x = F.cross_entropy(logits_lb, y_lb)
       loss = loss_x + self._unlabeled_loss(t_w, t_lb, y_lb, logits_s)

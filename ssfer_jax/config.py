@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.progress = True             # live progress line on stderr
   c.train.allow_config_change = False # resume a workdir whose config.json differs in hyper-parameters
+  c.train.xla_cpu_options = "auto"   # CPU convolution path: auto | default | eigen | {...} (xla_options.py)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256

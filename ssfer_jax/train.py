@@ -33,7 +33,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
-from ssfer_jax import selection
+from ssfer_jax import selection, xla_options
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax import config as config_lib
@@ -182,15 +182,18 @@ class Trainer:
     self.state_shardings = parallel.state_shardings(self.mesh, abstract)
     self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
     self.init_state = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    # XLA:CPU convolution path (CPU only, per executable): shown in the banner / run_info.json.
+    self.xla_cpu_path, compiler_options = xla_options.for_platform(
+        self.config.train.xla_cpu_options, self.mesh.devices.flat[0].platform)
     step_fn = step_lib.make_train_step(self.model, self.tx, self.algorithm, self.config,
                                        steps_per_epoch=self.train_data.steps_per_epoch,
                                        schedule=self.schedule)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                               out_shardings=(self.state_shardings, self.replicated),
-                              donate_argnums=(0,))
+                              donate_argnums=(0,), compiler_options=compiler_options)
     eval_fn = step_lib.make_eval_step(self.model, self.config, self.dataset.num_classes)
     self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_shardings,) + (self.batch_sharding,) * 3,
-                             out_shardings=self.replicated)
+                             out_shardings=self.replicated, compiler_options=compiler_options)
 
   def fresh_state(self):
     state = self.init_state(jax.random.PRNGKey(self.config.seed))
