@@ -10,7 +10,8 @@ sfew, image_folder, csv_list). ``--data_dir`` defaults to the run's
 SFEW: ``validation``; synthetic: ``test``, or ``train``). Evaluating on the run's own
 dataset keeps the run's dataset settings (synthetic seed and sizes, builder options).
 
-Labels are matched through the canonical class order (``ssfer_jax/data/classes.py``):
+Labels are matched through the canonical class order (``ssfer_jax/data/classes.py``,
+``map_labels``):
 a class name of the test set and of the model are the same class when they name the
 same canonical class (``classes.SYNONYMS``, so ``Happy`` = ``happiness``); names
 outside the canonical set are matched case-insensitively by name. Then
@@ -26,13 +27,14 @@ outside the canonical set are matched case-insensitively by name. Then
   examples, as ``metrics.classification_metrics`` does for the trainer).
 
 Computation: the checkpoint's network weights are restored with
-``predict.restore`` (partial orbax restore: nothing else is read), the test images
+``inference.restore`` (partial orbax restore: nothing else is read), the test images
 are decoded and resized exactly as the trainer does (``pipeline.eval_arrays``, so a grey
 model on an RGB dataset sees luma and an RGB model on a grey one repeated grey), and
-the confusion matrices come from the trainer's own jitted ``step.make_eval_step`` on
-the run's mesh (``config.mesh``) with ``config.eval.batch_size``, so evaluating the
-run's final checkpoint on its own test split reproduces ``summary.json``'s final
-numbers exactly.
+the confusion matrices come from the trainer's own evaluation loop
+(``evaluation.confusion_matrices`` over the jitted ``step.make_eval_step``) on the
+run's mesh (``config.mesh``) with ``config.eval.batch_size``, so evaluating the run's
+final checkpoint on its own test split reproduces ``summary.json``'s final numbers
+exactly.
 
 Writes RUN/cross_eval/<dataset>_<split>/: ``results.json`` (top-1, mean per-class
 accuracy, macro-F1, per-class precision / recall / support, confusion matrices, the
@@ -44,94 +46,22 @@ Exit status: 0 done, 2 bad arguments, run or dataset.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sys
-from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging as absl_logging
 from etils import epath
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssfer_jax import cli
+from ssfer_jax import cli, evaluation, inference
 from ssfer_jax import metrics as metrics_lib
-from ssfer_jax import parallel, plots, predict
-from ssfer_jax import step as step_lib
+from ssfer_jax import plots
 from ssfer_jax.data import classes, pipeline
+from ssfer_jax.data.classes import LabelMap
 from ssfer_jax.data.datasets import load_dataset
-from ssfer_jax.state import TrainState
 
-NETS = ("teacher", "student")
-
-
-# -- label mapping ---------------------------------------------------------------------
-def class_key(name: str):
-  """What identifies a class across datasets: its canonical index when the name is a
-  canonical class or synonym, else its lower-cased name."""
-  low = str(name).strip().lower()
-  if low in classes.SYNONYMS:
-    return ("canonical", classes.SYNONYMS[low])
-  return ("name", low)
-
-
-@dataclasses.dataclass
-class LabelMap:
-  """How the test set's label indices map onto the model's."""
-  test_names: tuple
-  model_names: tuple
-  test_to_model: np.ndarray     # (num test classes,) model index, -1 = the model lacks it
-
-  @property
-  def test_only(self) -> list:
-    """Test classes the model does not have (their examples are dropped)."""
-    return [n for n, m in zip(self.test_names, self.test_to_model) if m < 0]
-
-  @property
-  def model_only(self) -> list:
-    """Model classes that are not in the test set's label set."""
-    mapped = set(int(m) for m in self.test_to_model if m >= 0)
-    return [n for i, n in enumerate(self.model_names) if i not in mapped]
-
-  def as_dict(self) -> dict:
-    return {t: (self.model_names[m] if m >= 0 else None)
-            for t, m in zip(self.test_names, self.test_to_model)}
-
-
-def map_labels(test_names: Sequence[str], model_names: Sequence[str]) -> LabelMap:
-  """Matches test classes to model classes by ``class_key``. Raises when the two share
-  no class, or when two classes on one side mean the same class."""
-  model_index = {}
-  for i, n in enumerate(model_names):
-    k = class_key(n)
-    if k in model_index:
-      raise ValueError(f"model classes {model_names[model_index[k]]!r} and {n!r} mean the same "
-                       "class; the run's class names are ambiguous")
-    model_index[k] = i
-  test_keys = [class_key(n) for n in test_names]
-  if len(set(test_keys)) != len(test_keys):
-    raise ValueError(f"test class names {list(test_names)} name one class twice")
-  mapping = np.asarray([model_index.get(k, -1) for k in test_keys], np.int32)
-  if not (mapping >= 0).any():
-    raise ValueError(f"the test set's classes {list(test_names)} share no class with the "
-                     f"model's {list(model_names)}; nothing can be evaluated")
-  return LabelMap(tuple(test_names), tuple(model_names), mapping)
-
-
-def apply_label_map(labels: np.ndarray, label_map: LabelMap):
-  """-> (kept positions, model-index labels of the kept examples, {test class: dropped})."""
-  labels = np.asarray(labels, np.int64)
-  if len(labels) and (labels.min() < 0 or labels.max() >= len(label_map.test_names)):
-    raise ValueError(f"test labels span [{labels.min()}, {labels.max()}] but the dataset "
-                     f"declares {len(label_map.test_names)} classes")
-  mapped = label_map.test_to_model[labels] if len(labels) else np.zeros(0, np.int32)
-  keep = np.flatnonzero(mapped >= 0)
-  dropped = {n: int(np.sum(labels == i)) for i, n in enumerate(label_map.test_names)
-             if label_map.test_to_model[i] < 0}
-  return keep, mapped[keep].astype(np.int32), dropped
+NETS = evaluation.NETS
 
 
 # -- data ------------------------------------------------------------------------------
@@ -168,47 +98,7 @@ def load_split(cfg, split: str | None):
   return source, name, tuple(ds.class_names), ds.channels
 
 
-# -- computation -----------------------------------------------------------------------
-def eval_mesh(config):
-  """The run's mesh (config.mesh) when this machine can hold it with
-  config.eval.batch_size divisible; else one device (same counts, maybe a last-bit
-  different logit)."""
-  n = int(config.mesh.num_devices)
-  devices = jax.devices()[:n] if n else jax.devices()
-  if len(devices) == (n or len(devices)) and config.eval.batch_size % len(devices) == 0:
-    try:
-      return parallel.make_mesh(config.mesh, devices)
-    except ValueError:
-      pass
-  one = ml_collections.ConfigDict({"fsdp": 1})
-  return parallel.make_mesh(one, jax.devices()[:1])
-
-
-def confusions(config, num_classes: int, teacher: dict, student: dict, images, labels) -> dict:
-  """{'teacher': (C, C), 'student': (C, C)} confusion counts (rows true) from the
-  trainer's ``step.make_eval_step``, batched as ``Trainer.evaluate`` batches."""
-  from ssfer_jax.models import build_model
-  mesh = eval_mesh(config)
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = parallel.batch_sharding(mesh)
-  state = TrainState(step=None, params=student["params"],
-                     batch_stats=student.get("batch_stats", {}),
-                     ema_params=teacher["params"], ema_batch_stats=teacher.get("batch_stats", {}),
-                     opt_state=None, rng=None, algo=None)
-  state = jax.device_put(state, replicated)
-  model = build_model(config.model, num_classes)
-  eval_step = jax.jit(step_lib.make_eval_step(model, config, num_classes),
-                      in_shardings=(replicated,) + (batch_sharding,) * 3, out_shardings=replicated)
-  totals = None
-  for x, y, valid in pipeline.eval_batches(images, labels, config.eval.batch_size):
-    b = parallel.global_batch({"x": x, "y": y, "valid": valid}, batch_sharding)
-    out = eval_step(state, b["x"], b["y"], b["valid"])
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  if totals is None:
-    return {net: np.zeros((num_classes, num_classes)) for net in NETS}
-  return {net: np.asarray(cm) for net, cm in jax.device_get(totals).items()}
-
-
+# -- results ---------------------------------------------------------------------------
 def net_results(confusion, label_map: LabelMap) -> dict:
   """``classification_metrics`` plus per-class dicts and the predictions that went to
   model classes without test examples."""
@@ -229,16 +119,16 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   """Evaluates RUN's checkpoint (latest unless ``step``) on ``dataset``; returns the
   results dict that is written to RUN/cross_eval/<dataset>_<split>/results.json."""
   workdir = epath.Path(workdir)
-  runs = {net: predict.restore(workdir, step=step, weights=net) for net in NETS}
+  runs = {net: inference.restore(workdir, step=step, weights=net) for net in NETS}
   run = runs["teacher"]
   config = run.config
   cfg = dataset_config(config, dataset, data_dir, split, num_classes)
   source, split_name, test_names, _ = load_split(cfg, split)
-  label_map = map_labels(test_names, run.class_names)
+  label_map = classes.map_labels(test_names, run.class_names)
   images, labels = pipeline.eval_arrays(source, run.image_size, run.channels)
-  keep, mapped, dropped = apply_label_map(labels, label_map)
-  cms = confusions(config, len(run.class_names), runs["teacher"].variables,
-                   runs["student"].variables, images[keep], mapped)
+  keep, mapped, dropped = classes.apply_label_map(labels, label_map)
+  cms = evaluation.run_confusions(config, len(run.class_names), runs["teacher"].variables,
+                                  runs["student"].variables, images[keep], mapped)
   results = {
       "workdir": str(workdir), "checkpoint_step": run.step, "dataset": dataset,
       "split": split_name, "data_dir": cfg.dataset.data_dir,

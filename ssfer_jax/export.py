@@ -55,9 +55,7 @@ from absl import logging as absl_logging
 from etils import epath
 from flax import traverse_util
 
-from ssfer_jax import cli
-from ssfer_jax import predict
-from ssfer_jax.data import images as images_lib
+from ssfer_jax import cli, inference
 
 FORMAT = "ssfer_jax.export/1"
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -69,20 +67,18 @@ def flat_variables(variables) -> dict[str, np.ndarray]:
   return {k: np.asarray(flat[k]) for k in sorted(flat)}
 
 
-def inference_fn(run: predict.RunInfo, names):
+def inference_fn(run: inference.RunInfo, names):
   """(leaves in ``names`` order, uint8 images) -> probabilities; pure, for jax.export."""
   model, mean, std = run.model(), run.mean, run.std
 
   def fn(leaves, images):
     variables = traverse_util.unflatten_dict(dict(zip(names, leaves)), sep="/")
-    logits = model.apply(variables, images_lib.normalize(images, mean, std),
-                         train=False)["logits"]
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return inference.probabilities(model, variables, images, mean, std)
 
   return fn
 
 
-def export_run(run: predict.RunInfo, output, *, platforms=DEFAULT_PLATFORMS) -> dict:
+def export_run(run: inference.RunInfo, output, *, platforms=DEFAULT_PLATFORMS) -> dict:
   """Writes DIR/model.jaxexport, params.npz, model.json, README.md; returns the metadata."""
   flat = flat_variables(run.variables)
   names = list(flat)
@@ -134,13 +130,13 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
   parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
   parser.add_argument("--step", type=int, default=None)
-  parser.add_argument("--weights", choices=sorted(predict.WEIGHTS), default="teacher")
+  parser.add_argument("--weights", choices=sorted(inference.WEIGHTS), default="teacher")
   parser.add_argument("--output", required=True, help="directory to write")
   parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
                       help="comma-separated jax.export platforms (cpu, cuda, rocm, tpu)")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)
-  run = predict.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
+  run = inference.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
   meta = export_run(run, args.output, platforms=[p for p in args.platforms.split(",") if p])
   print(f"exported {args.weights} weights of step {run.step} ({len(meta['param_names'])} arrays, "
         f"{meta['image_size']}px, {len(meta['class_names'])} classes, platforms "

@@ -10,17 +10,17 @@ and the probability of every class, printed as a table; ``--out`` also writes th
 CSV (one row per file: path, prediction, confidence, p_<class>..., face box, error) or
 JSON (a list of such records), chosen by the file's extension.
 
-The run is restored from its orbax checkpoint (latest step unless ``--step``) and its
-``config.json`` (model, image size, normalisation). The teacher (EMA) weights are
-used unless ``--weights=student``. Only the network's variables are read, so neither
-the dataset nor the optimizer is needed.
+The run is restored (``ssfer_jax/inference.py``) from its orbax checkpoint (latest
+step unless ``--step``) and its ``config.json`` (model, image size, normalisation). The
+teacher (EMA) weights are used unless ``--weights=student``. Only the network's
+variables are read, so neither the dataset nor the optimizer is needed.
 
 Images are fed like the training data (``data/images.py``): converted to the run's
 channel count (grey by ITU-R 601 luma) and resized (bilinear) to its square image size.
-Photos that are not pre-aligned face crops need ``--detect_faces``: OpenCV's
-frontal-face Haar cascade finds the faces, the largest is cropped as a square enlarged
-by ``--margin`` (default 0.1) of its side on every side (shifted or clipped to stay
-inside the photo). A file that is not a readable image, or in which no face is found,
+Photos that are not pre-aligned face crops need ``--detect_faces`` (``faces.py``):
+OpenCV's frontal-face Haar cascade finds the faces, the largest is cropped as a square
+enlarged by ``--margin`` (default 0.1) of its side on every side (shifted or clipped to
+stay inside the photo). A file that is not a readable image, or in which no face is found,
 gets an error row; the other files are still processed.
 Exit status: 0 all predicted, 3 some files failed, 2 bad arguments or run.
 """
@@ -28,160 +28,23 @@ Exit status: 0 all predicted, 3 some files failed, 2 bad arguments or run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import sys
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 from absl import logging as absl_logging
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
-from flax import traverse_util
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssfer_jax import cli
-from ssfer_jax.data import classes, images
-from ssfer_jax.models import build_model
+from ssfer_jax import cli, faces, inference
+from ssfer_jax.data import images
+from ssfer_jax.inference import RunInfo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
                     ".ppm")
-WEIGHTS = {"teacher": ("ema_params", "ema_batch_stats"), "student": ("params", "batch_stats")}
-
-
-# -- restoring a run ---------------------------------------------------------------------
-@dataclasses.dataclass
-class RunInfo:
-  """What inference needs from a run: the model's variables and how to feed it."""
-  config: ml_collections.ConfigDict
-  variables: dict              # {"params": ..., "batch_stats": ...}
-  class_names: tuple
-  channels: int
-  step: int
-  checkpoint_dir: epath.Path
-  weights: str = "teacher"     # 'teacher' (EMA) or 'student'
-
-  @property
-  def image_size(self) -> int:
-    return int(self.config.data.image_size)
-
-  @property
-  def mean(self) -> tuple:
-    return tuple(float(v) for v in self.config.data.mean)
-
-  @property
-  def std(self) -> tuple:
-    return tuple(float(v) for v in self.config.data.std)
-
-  def model(self):
-    return build_model(self.config.model, len(self.class_names))
-
-
-def locate(workdir=None, checkpoint=None, step: int | None = None):
-  """-> (workdir, checkpoints directory, step). ``checkpoint`` is WORKDIR/checkpoints or
-  one step directory inside it; its workdir is the folder holding config.json."""
-  if (workdir is None) == (checkpoint is None):
-    raise ValueError("pass exactly one of --workdir=RUN or --checkpoint=DIR")
-  if workdir is not None:
-    workdir = epath.Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
-  else:
-    ckpt_dir = epath.Path(checkpoint)
-    if not ckpt_dir.exists():
-      raise FileNotFoundError(f"--checkpoint={ckpt_dir}: no such directory")
-    if (ckpt_dir / "state").is_dir() and ckpt_dir.name.isdigit():
-      if step is not None and int(ckpt_dir.name) != step:
-        raise ValueError(f"--checkpoint={ckpt_dir} is step {ckpt_dir.name} but --step={step}")
-      step = int(ckpt_dir.name)
-      ckpt_dir = ckpt_dir.parent
-    workdir = ckpt_dir.parent
-  if not (workdir / "config.json").exists():
-    raise FileNotFoundError(f"{workdir / 'config.json'} not found: point --workdir at a run "
-                            "directory written by `python -m ssfer_jax.main`")
-  steps = sorted(int(p.name) for p in ckpt_dir.glob("*")
-                 if p.name.isdigit() and (p / "state").is_dir()) if ckpt_dir.exists() else []
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: the run has not saved one yet "
-                            "(config.train.checkpoint_every)")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"--step={step} is not in {ckpt_dir} (available: {steps})")
-  return workdir, ckpt_dir, step
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-
-
-def run_class_names(workdir, num_classes: int) -> tuple:
-  """The run's class names: from its eval/summary files, else the canonical order."""
-  workdir = epath.Path(workdir)
-  candidates = [workdir / "summary.json"] + sorted((workdir / "eval").glob("step_*.json"))
-  for p in candidates:
-    if p.exists():
-      names = json.loads(p.read_text()).get("class_names")
-      if names and len(names) == num_classes:
-        return tuple(names)
-  return classes.class_names(num_classes)
-
-
-def _leaf_shapes(tree) -> dict:
-  """{"a/b/leaf": shape} of a nested dict of arrays, ShapeDtypeStructs or orbax metadata."""
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
-
-
-def restore(workdir=None, checkpoint=None, *, step: int | None = None,
-            weights: str = "teacher") -> RunInfo:
-  """The network variables of a run's checkpoint (only those are read), on one device."""
-  if weights not in WEIGHTS:
-    raise ValueError(f"--weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
-  workdir, ckpt_dir, step = locate(workdir, checkpoint, step)
-  config = load_config(workdir)
-  state_dir = ckpt_dir / str(step) / "state"
-  saved = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
-  p_key, s_key = WEIGHTS[weights]
-  if p_key not in saved:
-    raise ValueError(f"{state_dir}: no '{p_key}' in the checkpoint (has {sorted(saved)})")
-  saved_params = _leaf_shapes(saved[p_key])
-  fc = saved_params.get("fc/kernel")
-  if fc is None:
-    raise ValueError(f"{state_dir}: no fc/kernel among the '{p_key}' leaves")
-  num_classes = fc[-1]
-  model = build_model(config.model, num_classes)
-  channels, expected = None, None
-  for c in (3, 1):  # the channel count is the one whose parameter shapes match the checkpoint
-    shapes = jax.eval_shape(lambda c=c: model.init(
-        {"params": jax.random.key(0), "dropout": jax.random.key(0)},
-        jnp.zeros((1, config.data.image_size, config.data.image_size, c)), train=False))
-    if _leaf_shapes(shapes["params"]) == saved_params:
-      channels, expected = c, shapes
-      break
-  if channels is None:
-    raise ValueError(f"{state_dir}: the saved '{p_key}' do not match the model that "
-                     f"{workdir / 'config.json'} describes (config.model.backbone="
-                     f"{config.model.backbone!r}); was config.json edited after training?")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {key: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                              expected[col])
-            for key, col in ((p_key, "params"), (s_key, "batch_stats")) if col in expected}
-  restored = ocp.PyTreeCheckpointer().restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))
-  variables = {"params": restored[p_key]}
-  if s_key in restored:
-    variables["batch_stats"] = restored[s_key]
-  return RunInfo(config, variables, run_class_names(workdir, num_classes), channels, step,
-                 ckpt_dir, weights)
 
 
 # -- images ------------------------------------------------------------------------------
@@ -224,68 +87,11 @@ def read_image(path) -> np.ndarray:
     raise ValueError(f"not a readable image ({e.__class__.__name__})") from e
 
 
-class FaceDetector:
-  """OpenCV's frontal-face Haar cascade; returns the largest face's (x, y, w, h).
-
-  Photos are searched at most ``max_side`` pixels wide/high, for faces of at least
-  ``min_frac`` of the shorter side (smaller values find smaller faces, more slowly).
-  Needs OpenCV 4 (OpenCV 5 moved the cascade classifier out of the main package).
-  """
-
-  def __init__(self, max_side: int = 640, min_frac: float = 0.1):
-    try:
-      import cv2
-    except ImportError as e:
-      raise ImportError("--detect_faces needs OpenCV 4: pip install 'opencv-python-headless<5'"
-                        ) from e
-    if not hasattr(cv2, "CascadeClassifier"):
-      raise ImportError(f"--detect_faces needs OpenCV 4's Haar cascades, which OpenCV "
-                        f"{cv2.__version__} does not ship: pip install 'opencv-python-headless<5'")
-    self.cv2 = cv2
-    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-    self.cascade = cv2.CascadeClassifier(path)
-    if self.cascade.empty():
-      raise RuntimeError(f"OpenCV could not load its Haar cascade {path}")
-    self.max_side, self.min_frac = max_side, min_frac
-
-  def largest_face(self, rgb: np.ndarray):
-    gray = self.cv2.cvtColor(np.ascontiguousarray(rgb), self.cv2.COLOR_RGB2GRAY)
-    scale = min(1.0, self.max_side / max(gray.shape))
-    if scale < 1.0:  # detection on large photos is slow and needs no full resolution
-      gray = self.cv2.resize(gray, None, fx=scale, fy=scale, interpolation=self.cv2.INTER_AREA)
-    gray = self.cv2.equalizeHist(gray)
-    min_side = max(20, int(self.min_frac * min(gray.shape)))
-    faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                          minSize=(min_side, min_side))
-    if len(faces) == 0:
-      return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return tuple(int(round(v / scale)) for v in (x, y, w, h))
-
-
-def crop_face(img: np.ndarray, box, margin: float) -> np.ndarray:
-  """Square crop around ``box`` = (x, y, w, h), side max(w, h) * (1 + 2 margin), moved
-  to lie inside the image, and clipped where the image is smaller than the square."""
-  x, y, w, h = box
-  ih, iw = img.shape[:2]
-  side = int(round(max(w, h) * (1 + 2 * margin)))
-  cx, cy = x + w / 2, y + h / 2
-  left = int(round(min(max(cx - side / 2, 0), max(iw - side, 0))))
-  top = int(round(min(max(cy - side / 2, 0), max(ih - side, 0))))
-  return img[top:min(top + side, ih), left:min(left + side, iw)]
-
-
 # -- prediction ---------------------------------------------------------------------------
 def make_predict_fn(run: RunInfo):
   """jitted (variables, uint8 (N,H,W,C)) -> class probabilities (N, num_classes)."""
   model, mean, std = run.model(), run.mean, run.std
-
-  @jax.jit
-  def predict(variables, x):
-    logits = model.apply(variables, images.normalize(x, mean, std), train=False)["logits"]
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-  return predict
+  return jax.jit(lambda variables, x: inference.probabilities(model, variables, x, mean, std))
 
 
 def predict_paths(run: RunInfo, paths: Sequence[str], *, detect_faces: bool = False,
@@ -296,7 +102,7 @@ def predict_paths(run: RunInfo, paths: Sequence[str], *, detect_faces: bool = Fa
   padded), so the network compiles once.
   """
   if detect_faces and detector is None:
-    detector = FaceDetector()
+    detector = faces.FaceDetector()
   records, inputs = [], []
   for p in paths:
     rec = {"path": str(p), "prediction": None, "confidence": None, "probabilities": None,
@@ -305,12 +111,8 @@ def predict_paths(run: RunInfo, paths: Sequence[str], *, detect_faces: bool = Fa
     try:
       img = read_image(p)
       if detector is not None:
-        box = detector.largest_face(img)
-        if box is None:
-          raise ValueError("no face found (if the image is already a cropped face, run "
-                           "without --detect_faces)")
+        box, img = faces.largest_face_crop(detector, img, margin)
         rec["face_box"] = list(box)
-        img = crop_face(img, box, margin)
       inputs.append((rec, images.fit(img, run.image_size, run.channels)))
     except ValueError as e:
       rec["error"] = str(e)
@@ -386,7 +188,7 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
   parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--weights", choices=sorted(WEIGHTS), default="teacher")
+  parser.add_argument("--weights", choices=sorted(inference.WEIGHTS), default="teacher")
   parser.add_argument("--detect_faces", action="store_true",
                       help="crop the largest face found by OpenCV's Haar cascade")
   parser.add_argument("--margin", type=float, default=0.1,
@@ -401,11 +203,11 @@ def main(argv=None) -> int:
   if args.batch_size < 1 or args.margin < 0 or not 0 < args.min_face <= 1:
     parser.error("--batch_size must be >= 1, --margin >= 0 and --min_face in (0, 1]")
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  run = restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
+  run = inference.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
   warning = synthetic_warning(run.config)
   if warning:
     print(f"warning: {warning}", file=sys.stderr, flush=True)
-  detector = FaceDetector(min_frac=args.min_face) if args.detect_faces else None
+  detector = faces.FaceDetector(min_frac=args.min_face) if args.detect_faces else None
   paths = expand_paths(args.paths)
   records = predict_paths(run, paths, detect_faces=args.detect_faces, margin=args.margin,
                           batch_size=args.batch_size, detector=detector)

@@ -33,7 +33,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
-from ssfer_jax import selection, xla_options
+from ssfer_jax import evaluation, selection, xla_options
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax import config as config_lib
@@ -226,12 +226,9 @@ class Trainer:
 
   def evaluate(self, state, arrays=None) -> dict:
     images, labels = self.test_arrays() if arrays is None else arrays
-    totals = None
-    for x, y, valid in pipeline.eval_batches(images, labels, self.config.eval.batch_size):
-      b = parallel.global_batch({"x": x, "y": y, "valid": valid}, self.batch_sharding)
-      out = self.eval_step(state, b["x"], b["y"], b["valid"])
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    return {net: metrics_lib.classification_metrics(cm) for net, cm in jax.device_get(totals).items()}
+    cms = evaluation.confusion_matrices(self.eval_step, state, images, labels,
+                                        self.config.eval.batch_size, self.batch_sharding)
+    return {net: metrics_lib.classification_metrics(cm) for net, cm in cms.items()}
 
 
 def _check_finite(acc_host, step, ckpt, workdir):

@@ -27,28 +27,28 @@ def run_dir(tmp_path_factory):
 # -- label mapping (pure) ------------------------------------------------------------------
 def test_map_labels_through_canonical_order():
   # Folder-style names in another order: matched by canonical meaning, not position.
-  m = evaluate.map_labels(("Angry", "Happy", "sad"), classes.CANONICAL7)
+  m = classes.map_labels(("Angry", "Happy", "sad"), classes.CANONICAL7)
   assert m.test_to_model.tolist() == [6, 1, 2]
   assert m.test_only == [] and m.model_only == ["neutral", "surprise", "fear", "disgust"]
   # AffectNet-8 test set, 7-class model: contempt has no model class.
-  m = evaluate.map_labels(classes.CANONICAL8, classes.CANONICAL7)
+  m = classes.map_labels(classes.CANONICAL8, classes.CANONICAL7)
   assert m.test_to_model.tolist() == list(range(7)) + [-1]
   assert m.test_only == ["contempt"] and m.model_only == []
-  keep, mapped, dropped = evaluate.apply_label_map(np.array([7, 0, 7, 3, 6]), m)
+  keep, mapped, dropped = classes.apply_label_map(np.array([7, 0, 7, 3, 6]), m)
   assert keep.tolist() == [1, 3, 4] and mapped.tolist() == [0, 3, 6]
   assert dropped == {"contempt": 2}
   # AffectNet-8 model on RAF-DB (7 classes): contempt is a model class the test set lacks.
-  m = evaluate.map_labels(classes.CANONICAL7, classes.CANONICAL8)
+  m = classes.map_labels(classes.CANONICAL7, classes.CANONICAL8)
   assert m.model_only == ["contempt"] and m.test_only == []
   # Names outside the canonical set match by name; no shared class is an error.
-  m = evaluate.map_labels(("Mango", "apple"), ("apple", "mango", "zebra"))
+  m = classes.map_labels(("Mango", "apple"), ("apple", "mango", "zebra"))
   assert m.test_to_model.tolist() == [1, 0] and m.model_only == ["zebra"]
   with pytest.raises(ValueError, match="share no class"):
-    evaluate.map_labels(("apple",), classes.CANONICAL7)
+    classes.map_labels(("apple",), classes.CANONICAL7)
   with pytest.raises(ValueError, match="name one class twice"):
-    evaluate.map_labels(("happy", "Happiness"), classes.CANONICAL7)
+    classes.map_labels(("happy", "Happiness"), classes.CANONICAL7)
   with pytest.raises(ValueError, match="declares 7 classes"):
-    evaluate.apply_label_map(np.array([0, 9]), evaluate.map_labels(classes.CANONICAL7,
+    classes.apply_label_map(np.array([0, 9]), classes.map_labels(classes.CANONICAL7,
                                                                    classes.CANONICAL7))
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssfer_jax import algorithms, checkpoint, evaluate, export, models, optim, predict
+from ssfer_jax import algorithms, checkpoint, evaluate, export, inference, models, optim
+from ssfer_jax import predict
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.data import classes, images, pipeline
@@ -155,10 +156,10 @@ def test_same_network_input_everywhere(tmp_path, monkeypatch, channels):
   monkeypatch.undo()
 
   # predict: files read, fitted, normalised inside its jitted function.
-  run = predict.restore(tmp_path)
+  run = inference.restore(tmp_path)
   assert run.channels == channels
   spy = _Spy()
-  monkeypatch.setattr(predict, "build_model", lambda cfg, n: spy)
+  monkeypatch.setattr(inference, "build_model", lambda cfg, n: spy)
   recs = predict.predict_paths(run, files)
   assert all(r["error"] is None for r in recs)
   got["predict"] = spy.first()

@@ -19,7 +19,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from ssfer_jax import checkpoint, predict, train
+from ssfer_jax import checkpoint, faces, inference, predict, train
 from ssfer_jax.config import base_config, set_algorithm
 from ssfer_jax.data import classes
 
@@ -64,6 +64,7 @@ def run_dir(tmp_path_factory):
   set_algorithm(c, "supervised")
   c.dataset.num_train, c.dataset.num_test = 56, 16
   c.data.batch_size, c.eval.batch_size = 8, 16
+  c.data.labels_per_class = 1  # 56 random synthetic images: some class has only one
   workdir = tmp_path_factory.mktemp("run")
   trainer = train.Trainer(c, str(workdir), devices=jax.devices()[:1])
   rng = np.random.default_rng(0)
@@ -90,7 +91,7 @@ def _saved(run_dir, key):
 @pytest.mark.parametrize("weights,key", [("teacher", "ema_params"), ("student", "params")])
 def test_restore_reads_the_chosen_weights(run_dir, weights, key):
   ckpt = run_dir / "checkpoints" / "1" if weights == "student" else None
-  run = predict.restore(None if ckpt else run_dir, ckpt, weights=weights)
+  run = inference.restore(None if ckpt else run_dir, ckpt, weights=weights)
   assert run.step == 1 and run.class_names == classes.CANONICAL7 and run.channels == 3
   got = traverse_util.flatten_dict(run.variables["params"], sep="/")
   want = _saved(run_dir, key)
@@ -147,7 +148,7 @@ def test_bad_files_are_reported_and_others_processed(run_dir, tmp_path, capsys):
 
 def test_batching_and_crop(run_dir):
   """Padding the last batch does not change predictions; crops stay inside the photo."""
-  run = predict.restore(run_dir)
+  run = inference.restore(run_dir)
   rng = np.random.default_rng(0)
   imgs = []
   for i in range(5):
@@ -161,8 +162,8 @@ def test_batching_and_crop(run_dir):
     np.testing.assert_allclose(list(a["probabilities"].values()),
                                list(b["probabilities"].values()), atol=1e-6)
   img = np.zeros((100, 80, 3), np.uint8)
-  assert predict.crop_face(img, (60, 10, 20, 20), 0.5).shape[:2] == (40, 40)  # shifted inside
-  assert predict.crop_face(img, (0, 0, 80, 80), 0.5).shape[:2] == (100, 80)   # clipped
+  assert faces.crop_face(img, (60, 10, 20, 20), 0.5).shape[:2] == (40, 40)  # shifted inside
+  assert faces.crop_face(img, (0, 0, 80, 80), 0.5).shape[:2] == (100, 80)   # clipped
 
 
 def test_clear_errors_for_bad_run(tmp_path, capsys):
@@ -191,7 +192,7 @@ def test_export_loads_without_training_code(run_dir, tmp_path):
                      cwd=tmp_path, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   got = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
-  run = predict.restore(run_dir)
+  run = inference.restore(run_dir)
   want = predict.predict_paths(run, [str(face)])[0]["probabilities"]
   np.testing.assert_allclose(got, [want[n] for n in run.class_names], atol=1e-5)
   fn, meta = export.load(out)  # symbolic batch: any batch size
@@ -223,7 +224,7 @@ def test_grey_run(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
   ckpt.save(3, state, {})
   ckpt.close()
-  run = predict.restore(tmp_path)
+  run = inference.restore(tmp_path)
   assert run.channels == 1 and run.step == 3
   colour = np.zeros((size, size, 3), np.uint8)
   colour[..., 1] = 200  # pure green: red channel 0, luma ~117
