@@ -42,7 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from ssfer_jax import cli  # noqa: E402
 
 import train_step as ts  # noqa: E402  (defines --sizes, --modes, --uratio, --steps, --rounds, --warmup)
 
@@ -278,4 +280,4 @@ if __name__ == "__main__":
   flags.FLAGS.set_default("warmup", 3)
   flags.FLAGS.set_default("settle_s", 0.2)
   flags.FLAGS.set_default("input_batches", 10)
-  app.run(main)
+  cli.run_absl(main)

@@ -80,7 +80,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from ssfer_jax import cli  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled: uratio x B).")
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
@@ -717,4 +719,4 @@ def _print_step_table(size, info, peak, results):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

@@ -279,6 +279,7 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
         "num_labeled": len(trainer.train_data.labeled),
         "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
         "steps_per_epoch": trainer.train_data.steps_per_epoch,
+        "xla_cpu_path": trainer.xla_cpu_path,
         **console.provenance()}, indent=2))
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
