@@ -222,4 +222,5 @@ def test_reference_presets_train_on_synthetic_overrides(tmp_path, path):
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["num_steps"] == 4 and summary["teacher"]["best_selected_on"] == "test"
-  assert "labeled split: 28 ids" in r.stderr
+  assert "28 labeled (4 4 4 4 4 4 4 per class)" in r.stdout  # the banner
+  assert f"sha256 {summary['labeled_ids_sha256']}" in r.stdout
