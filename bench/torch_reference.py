@@ -1,6 +1,6 @@
 r"""A PyTorch (eager) implementation of the ssfer_jax dta_snl train step, for benchmarks.
 
-    python bench/torch_reference.py --check          # parity with ssfer_jax on one step
+    python bench/parity.py                           # parity with ssfer_jax on one step
 
 Same work as ``ssfer_jax/step.py`` with ``config.algorithm='dta_snl'`` and the RAF-DB
 model settings (``configs/rafdb_dta_snl.py``):
@@ -40,6 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ssfer_jax.torch_resnet import ResNet18  # noqa: E402  (the one torch twin of the backbone)
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -52,49 +55,6 @@ def device() -> torch.device:
 def synchronize(dev) -> None:
   if dev.type == "cuda":
     torch.cuda.synchronize(dev)
-
-
-class BasicBlock(nn.Module):
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.downsample = None
-    if stride != 1 or cin != cout:
-      self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    y = F.relu(self.bn1(self.conv1(x)))
-    y = self.bn2(self.conv2(y))
-    r = x if self.downsample is None else self.downsample(x)
-    return F.relu(r + y)
-
-
-class ResNet18(nn.Module):
-  """torchvision's ResNet-18 without the classifier (keys match ``ssfer_jax.convert``)."""
-
-  def __init__(self):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    widths = (64, 128, 256, 512)
-    cin = 64
-    for i, w in enumerate(widths):
-      blocks = [BasicBlock(cin, w, 2 if i > 0 else 1), BasicBlock(w, w, 1)]
-      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-      cin = w
-    for m in self.modules():
-      if isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-  def forward(self, x):
-    x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-    for i in range(1, 5):
-      x = getattr(self, f"layer{i}")(x)
-    return x
 
 
 def block_keep_mask(n, h, w, block, gen, dev):
@@ -286,69 +246,3 @@ def torch_to_flax_variables(step: TorchStep, template_params, template_stats):
   out_s = dict(template_stats)
   out_s["backbone"] = stats
   return out_p, out_s
-
-
-def parity_check(size=64, b=2, uratio=7, seed=0) -> dict:
-  """Runs one dta_snl step in both frameworks from the same weights and batch (head and
-  feature dropout off, so both are deterministic) and returns the two sets of numbers."""
-  import jax
-  import jax.numpy as jnp
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from ssfer_jax import algorithms, optim, step as step_lib, state as state_lib
-  from ssfer_jax.models import build_model
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import train_step as bench  # noqa: the bench's config (same settings as the timings)
-
-  config = bench.bench_config("dta_snl", size, b, uratio)
-  config.model.head_dropout = 0.0
-  config.model.feature_dropout = 0.0
-  # Settings under which every term moves on step 0 from random weights: a low floor and
-  # initial threshold (some samples pass the mask, the rest go to SNL), SNL at full weight,
-  # a fast threshold EMA.
-  over = dict(threshold_min=0.0, threshold_init=0.255, threshold_momentum=0.5, tau_neg=0.084,
-              neg_rampup_steps=0)
-  for k, v in over.items():
-    config.algo[k] = v
-  rng = np.random.default_rng(seed)
-  batch = bench.random_batch(rng, config, algorithms.get_algorithm("dta_snl"), 7)
-  # A labeled batch the teacher partly gets right is needed for the DTA statistic to
-  # move; with random weights, make labels the arg-max of the torch teacher's logits.
-  ts = TorchStep("dta_snl", head_dropout=0.0, feature_dropout=0.0, seed=seed,
-                 dev=torch.device("cpu"), tau_min=0.0, tau_init=0.255, threshold_momentum=0.5,
-                 tau_neg=0.084, neg_rampup_steps=0)
-  with torch.no_grad():
-    batch["y_lb"] = ts.teacher(ts.to_device(batch["x_lb"])).argmax(-1).numpy().astype(np.int32)
-  model = build_model(config.model, 7)
-  algorithm = algorithms.get_algorithm("dta_snl")
-  _, tx = optim.make_optimizer(config.optim, config.train.num_steps)
-  state = state_lib.create(model, tx, algorithm, config.algo, rng=jax.random.PRNGKey(seed),
-                           image_shape=(size, size, 3), num_classes=7, num_unlabeled=100)
-  params, stats = torch_to_flax_variables(ts, state.params, state.batch_stats)
-  params = jax.tree.map(jnp.asarray, params)
-  stats = jax.tree.map(jnp.asarray, stats)
-  state = state.replace(params=params, batch_stats=stats, ema_params=params,
-                        ema_batch_stats=stats, opt_state=tx.init(params))
-  fn = jax.jit(step_lib.make_train_step(model, tx, algorithm, config, steps_per_epoch=100))
-  new_state, metrics = fn(state, {k: jnp.asarray(v) for k, v in batch.items()})
-  loss_t = float(ts.step(batch))
-  fc_t = ts.model.fc.weight.detach().numpy().T
-  return {"jax_loss": float(metrics["loss"]), "torch_loss": loss_t,
-          "jax_tau": np.asarray(new_state.algo["tau"]), "torch_tau": ts.tau.numpy(),
-          "jax_mask_rate": float(metrics["mask_rate"]),
-          "jax_loss_u": float(metrics["loss_u"]),
-          "jax_neg_selected_rate": float(metrics["algo/neg_selected_rate"]),
-          "fc_max_abs_diff_after_step": float(np.max(np.abs(
-              np.asarray(new_state.params["fc"]["kernel"]) - fc_t)))}
-
-
-if __name__ == "__main__":
-  if "--check" not in sys.argv:
-    print(__doc__)
-    sys.exit(0)
-  out = parity_check()
-  for k, v in out.items():
-    print(f"{k:>28}: {v}")
-  ok = (abs(out["jax_loss"] - out["torch_loss"]) < 1e-3 * max(1.0, abs(out["torch_loss"]))
-        and np.allclose(out["jax_tau"], out["torch_tau"], atol=1e-5))
-  print("parity:", "OK" if ok else "MISMATCH")
-  sys.exit(0 if ok else 1)

@@ -120,7 +120,7 @@ CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 # ---------------------------------------------------------------------------------------
-# Configs and batches (also used by torch_reference.parity_check and tests).
+# Configs and batches (also used by bench/parity.py and tests).
 
 def _rafdb_config(arg):
   import importlib.util

@@ -13,56 +13,13 @@ from ssfer_jax.models.resnet import ResNet18
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
-
-class TorchBasicBlock(tnn.Module):
-  """torchvision's BasicBlock, with its attribute (= state_dict key) names."""
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(cout)
-    self.relu = tnn.ReLU()
-    self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = tnn.BatchNorm2d(cout)
-    self.downsample = None
-    if stride != 1 or cin != cout:
-      self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       tnn.BatchNorm2d(cout))
-
-  def forward(self, x):
-    identity = x if self.downsample is None else self.downsample(x)
-    y = self.relu(self.bn1(self.conv1(x)))
-    return self.relu(self.bn2(self.conv2(y)) + identity)
-
-
-class TorchResNet18(tnn.Module):
-  """torchvision.models.resnet18's layout (conv1, bn1, maxpool, layer1..4, fc)."""
-
-  def __init__(self, num_classes=1000):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = tnn.BatchNorm2d(64)
-    self.relu = tnn.ReLU()
-    self.maxpool = tnn.MaxPool2d(3, 2, 1)
-    widths, cin = (64, 128, 256, 512), 64
-    for i, w in enumerate(widths):
-      stride = 1 if i == 0 else 2
-      setattr(self, f"layer{i + 1}", tnn.Sequential(TorchBasicBlock(cin, w, stride),
-                                                    TorchBasicBlock(w, w, 1)))
-      cin = w
-    self.fc = tnn.Linear(512, num_classes)
-
-  def features(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    for i in range(1, 5):
-      x = getattr(self, f"layer{i}")(x)
-    return x
+from ssfer_jax.torch_resnet import ResNet18 as TorchResNet18  # noqa: E402  (needs torch)
 
 
 @pytest.fixture(scope="module")
 def torch_net():
   torch.manual_seed(0)
-  net = TorchResNet18()
+  net = TorchResNet18(num_classes=1000)
   g = torch.Generator().manual_seed(1)
   with torch.no_grad():
     for m in net.modules():
