@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_methods as cm  # noqa: E402  (bench/ is not a package)
 
-from ssfer_jax import cli  # noqa: E402  (on sys.path through compare_methods)
+from ssfer_jax import cli, config as config_lib  # noqa: E402  (on sys.path through compare_methods)
 
 ROWS = (  # (row name, variant, method, overrides)
     ("supervised", "", "supervised", ()),
@@ -54,7 +54,7 @@ def main(argv=None):
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="config override applied to every row before the row's own (repeatable)")
   args = p.parse_args(argv)
-  module = cm.load_config_module(args.config)
+  get_config = config_lib.loader(args.config)
   common = cm.parse_overrides(args.set)
   rows = [r for r in ROWS if r[0] in args.rows.split(",")]
   seeds = list(range(args.seeds))
@@ -62,11 +62,11 @@ def main(argv=None):
   specs = []
   for seed in seeds:
     for name, variant, method, overrides in rows:
-      cfg = cm.build_config(module, variant, method, common + list(overrides), args.steps, seed,
+      cfg = cm.build_config(get_config, variant, method, common + list(overrides), args.steps, seed,
                             False)
       specs.append((name, method, seed, cfg.to_json(),
                     os.path.join(args.workdir, name, method, f"seed_{seed}")))
-  first = cm.build_config(module, "", rows[0][2], common, args.steps, 0, False)
+  first = cm.build_config(get_config, "", rows[0][2], common, args.steps, 0, False)
   context = (f"DTA + SNL ablation, dataset {first.dataset.name}, "
              f"{first.data.labels_per_class} labels per class, {first.train.num_steps} steps, "
              f"seeds {seeds}, config {args.config}")

@@ -24,7 +24,6 @@ written next to the table as ``<out>.json``.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import math
 import os
@@ -36,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from ssfer_jax import cli  # noqa: E402
+from ssfer_jax import cli, config as config_lib  # noqa: E402
 
 DEFAULT_METHODS = ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "adacm", "dtm",
                    "dta_snl", "full_supervised")
@@ -72,21 +71,6 @@ def parse_args(argv=None):
                  help="runs at once, each in its own process (wall times then include "
                       "contention; default 1)")
   return p.parse_args(argv)
-
-
-def load_config_module(path: str):
-  """Imports a ``configs/*.py`` file (anything defining ``get_config(arg)``); a relative
-  path is tried against the working directory, then the repository root."""
-  if not os.path.isfile(path) and os.path.isfile(os.path.join(ROOT, path)):
-    path = os.path.join(ROOT, path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--config={path}: no such file")
-  spec = importlib.util.spec_from_file_location("_bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"--config={path} defines no get_config(arg)")
-  return module
 
 
 def parse_value(text: str):
@@ -133,10 +117,10 @@ def apply_override(cfg, key, value):
   node[parts[-1]] = value
 
 
-def build_config(module, variant, method, overrides, steps, seed, vary_split):
+def build_config(get_config, variant, method, overrides, steps, seed, vary_split):
   from ssfer_jax.config import set_algorithm
   arg = ",".join(p for p in (method, variant) if p)
-  cfg = module.get_config(arg)
+  cfg = get_config(arg)
   if cfg.algorithm != method:
     set_algorithm(cfg, method)
   for key, value in overrides:
@@ -239,13 +223,13 @@ def main(argv=None):
   unknown = [m for m in methods if m not in algorithms.names()]
   if unknown:
     raise cli.UserError(f"--methods: unknown {unknown}; known: {algorithms.names()}")
-  module = load_config_module(path)
+  get_config = config_lib.loader(path)
   overrides = parse_overrides(args.set)
   algo_keys = [k for k, _ in overrides if k.startswith("algo.")]
   for key in algo_keys:
-    if not any(_has_key(build_config(module, variant, m, [], None, 0, False), key)
+    if not any(_has_key(build_config(get_config, variant, m, [], None, 0, False), key)
                for m in methods):
-      raise SystemExit(f"--set {key}=...: no method in {methods} has config.{key}")
+      raise cli.UserError(f"--set {key}=...: no method in {methods} has config.{key}")
   seeds = list(range(args.first_seed, args.first_seed + args.seeds))
   root = args.workdir or os.path.join("runs", time.strftime("compare_%Y%m%d_%H%M%S"))
   out = args.out or os.path.join(root, "table.md")
@@ -255,7 +239,7 @@ def main(argv=None):
   results = {m: [] for m in methods}
   jobs = [(seed, method) for seed in seeds for method in methods]  # seed-major: a partial
   total = len(jobs)                                                # table covers every method
-  first = build_config(module, variant, methods[0], overrides, args.steps, seeds[0],
+  first = build_config(get_config, variant, methods[0], overrides, args.steps, seeds[0],
                        args.vary_split)
   context = (f"dataset {first.dataset.name}, {first.data.label_protocol} labels "
              f"({first.data.num_labels or first.data.labels_per_class} "
@@ -263,7 +247,7 @@ def main(argv=None):
              f"{first.train.num_steps} steps, seeds {seeds}, config {args.config}")
   specs = []
   for k, (seed, method) in enumerate(jobs, 1):
-    cfg = build_config(module, variant, method, overrides, args.steps, seed, args.vary_split)
+    cfg = build_config(get_config, variant, method, overrides, args.steps, seed, args.vary_split)
     specs.append((k, total, method, seed, cfg.to_json(), os.path.join(root, method, f"seed_{seed}")))
   table = markdown_table(results, methods, context)
 

@@ -82,7 +82,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from ssfer_jax import cli  # noqa: E402
+from ssfer_jax import cli, config as config_lib  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled: uratio x B).")
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
@@ -123,11 +123,7 @@ CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 # Configs and batches (also used by bench/parity.py and tests).
 
 def _rafdb_config(arg):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("rafdb_dta_snl_config", CONFIG_FILE)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return config_lib.load(f"{CONFIG_FILE}:{arg or ''}")
 
 
 def images_per_step(mode: str, b: int, uratio: int) -> int:
@@ -454,14 +450,7 @@ def time_input_pipeline(size, b, uratio, batches, workdir, num_workers=None) -> 
 
 def load_config_arg(arg: str):
   """'configs/x.py[:variant]' -> the config (paths relative to the repo root work too)."""
-  import importlib.util
-  path, _, variant = arg.partition(":")
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
-  spec = importlib.util.spec_from_file_location("bench_loop_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(variant or None)
+  return config_lib.load(arg)
 
 
 def time_loop(config, steps, workdir) -> dict:

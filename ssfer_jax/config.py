@@ -250,12 +250,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"{config.algorithm}), which loads the method's defaults")
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  """``"configs/x.py:variant"`` -> the config its ``get_config(variant)`` returns.
-
-  The one config-file loader (the CLIs and bench scripts use it; ``--config=`` flags go
-  through ml_collections' own loader, which does the same)."""
-  path, _, arg = str(spec).partition(":")
+def loader(path: str):
+  """The ``get_config(arg)`` of a config file (``configs/*.py``; a relative path that is not
+  found from the working directory is tried from the repository root)."""
+  path = str(path)
+  if not os.path.isfile(path) and not os.path.isabs(path):
+    beside = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    path = beside if os.path.isfile(beside) else path
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path} not found; pass a configs/*.py file "
                             "(python -m ssfer_jax.main --list shows them)")
@@ -266,7 +267,16 @@ def load(spec: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} defines no get_config(arg); a config file returns its "
                      "ConfigDict from get_config (see configs/default.py)")
-  return module.get_config(arg or None)
+  return module.get_config
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """``"configs/x.py:variant"`` -> the config its ``get_config(variant)`` returns.
+
+  The one config-file loader of the CLIs, bench scripts and tests (``--config=`` flags go
+  through ml_collections' own loader, which does the same)."""
+  path, _, arg = str(spec).partition(":")
+  return loader(path)(arg or None)
 
 
 # Resuming a workdir with another config (see ``resume_conflicts``): keys that may change

@@ -243,13 +243,8 @@ def test_eight_devices_equal_one(name):
 # The configs' ablation variants.
 
 def _load_config(path):
-  import importlib.util
-  import pathlib
-  root = pathlib.Path(__file__).resolve().parents[1]
-  spec = importlib.util.spec_from_file_location("cfg_" + pathlib.Path(path).stem, root / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config
+  from ssfer_jax import config as config_lib
+  return config_lib.loader(path)
 
 
 @pytest.mark.parametrize("path", ["configs/rafdb_dta_snl.py", "configs/affectnet_dta_snl.py",
