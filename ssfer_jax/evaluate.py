@@ -58,7 +58,7 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import metrics as metrics_lib
-from ssfer_jax import parallel, plots, predict
+from ssfer_jax import parallel, plots, predict, rundir
 from ssfer_jax import step as step_lib
 from ssfer_jax.data import classes, pipeline
 from ssfer_jax.data.sources import load_dataset
@@ -267,7 +267,7 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   if write:
     out = workdir / "cross_eval" / f"{dataset}_{split_name}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    rundir.write_json(out / "results.json", results, indent=2)
     for net in NETS:
       r = results[net]
       plots.confusion_png(r["confusion"], run.class_names, out / f"confusion_{net}.png",

@@ -44,6 +44,7 @@ from etils import epath
 from flax import traverse_util
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ssfer_jax import rundir
 from ssfer_jax.data import classes
 from ssfer_jax.data.pipeline import fit_image
 from ssfer_jax.models import build_model
@@ -116,11 +117,7 @@ def locate(workdir=None, checkpoint=None, step: int | None = None):
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  return ml_collections.ConfigDict(rundir.read_json(epath.Path(workdir) / rundir.CONFIG))
 
 
 def run_class_names(workdir, num_classes: int) -> tuple:
@@ -128,8 +125,9 @@ def run_class_names(workdir, num_classes: int) -> tuple:
   workdir = epath.Path(workdir)
   candidates = [workdir / "summary.json"] + sorted((workdir / "eval").glob("step_*.json"))
   for p in candidates:
-    if p.exists():
-      names = json.loads(p.read_text()).get("class_names")
+    rec = rundir.read_json_or_warn(p, what="class names looked up elsewhere")
+    if rec is not None:
+      names = rec.get("class_names")
       if names and len(names) == num_classes:
         return tuple(names)
   return classes.class_names(num_classes)

@@ -18,6 +18,7 @@ import logging
 import numpy as np
 from etils import epath
 
+from ssfer_jax import rundir
 from ssfer_jax.data.classes import CANONICAL7
 
 ADACM_TOTALS = {100: (10, 15), 400: (40, 60), 1000: (100, 150), 2000: (200, 300), 4000: (250, 625)}
@@ -56,8 +57,8 @@ def select_labeled(labels: np.ndarray, budget: np.ndarray, seed: int) -> np.ndar
 
 
 def write_ids(path, ids: np.ndarray, *, dataset: str, num_train: int) -> None:
-  epath.Path(path).write_text(json.dumps(
-      {"dataset": dataset, "num_train": int(num_train), "labeled_ids": [int(i) for i in ids]}))
+  rundir.write_json(path, {"dataset": dataset, "num_train": int(num_train),
+                          "labeled_ids": [int(i) for i in ids]})
 
 
 def read_ids(path, *, dataset: str, num_train: int) -> np.ndarray:
