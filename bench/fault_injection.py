@@ -1,0 +1,136 @@
+"""Kills a real ``python -m ssfer_jax.main`` run with SIGKILL at random points and checks
+that re-running the same command until it finishes ends bitwise-equal to a run that was
+never killed (issue #18).
+
+    python bench/fault_injection.py --kills=8 [--seed=0] [--workdir=/tmp/ssfer_faults]
+
+One uninterrupted reference run is timed. Then, for each kill point, a fresh workdir is
+run, killed after a delay drawn uniformly from [0, 0.9 x the reference's wall time] (so kills
+land in start-up, training steps, evaluations and asynchronous checkpoint saves alike),
+and the same command is run again to the end (a run that finished before its kill is
+redrawn, up to three times). Each kill is classified by what the
+process had shown (an orbax temporary directory: a save in flight; no progress line:
+start-up). A kill point counts as bitwise-equal when the rerun exits 0, every leaf of
+its final train state (checkpoints/<num_steps>/state) equals the reference's and
+summary.json's teacher / student evaluations are identical. Prints one line per run
+and ``k/N kill points bitwise-equal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
+        "--config.dataset.render_size=24", "--config.data.image_size=24",
+        "--config.data.batch_size=8", "--config.data.uratio=2",
+        "--config.data.labels_per_class=4", "--config.data.read_threads=1",
+        "--config.eval.batch_size=32", "--config.train.num_steps=60",
+        "--config.train.checkpoint_every=5", "--config.train.eval_every=10",
+        "--config.train.log_every=5", "--config.train.keep_checkpoints=2",
+        "--config.mesh.num_devices=1"]
+
+
+STEPS = int(next(f for f in TINY if "num_steps" in f).split("=")[1])
+
+
+def command(workdir: str) -> list:
+  return [sys.executable, "-m", "ssfer_jax.main", "--config=configs/default.py",
+          f"--workdir={workdir}"] + TINY
+
+
+def _in_flight_save(workdir: str) -> bool:
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any("tmp" in name for name in os.listdir(d))
+
+
+def run_once(workdir: str, kill_after: float | None, log):
+  """(return code, phase at the kill or None, stderr tail)."""
+  err_path = os.path.join(workdir + ".stderr")
+  with open(err_path, "w") as err:
+    proc = subprocess.Popen(command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    phase = None
+    try:
+      proc.wait(timeout=kill_after)
+    except subprocess.TimeoutExpired:
+      text = open(err_path).read()
+      phase = ("save in flight" if _in_flight_save(workdir) else
+               "start-up" if f"/{STEPS} |" not in text else "training/eval")
+      os.kill(proc.pid, signal.SIGKILL)
+      proc.wait()
+  tail = open(err_path).read()[-1500:]
+  log(f"  rc={proc.returncode} killed={'yes (' + phase + ')' if phase else 'no'}")
+  return proc.returncode, phase, tail
+
+
+def final_state(workdir: str, step: int) -> dict:
+  import orbax.checkpoint as ocp
+  import jax
+  tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--kills", type=int, default=8)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--workdir", default="/tmp/ssfer_faults")
+  args = parser.parse_args(argv)
+  rng = random.Random(args.seed)
+  shutil.rmtree(args.workdir, ignore_errors=True)
+  os.makedirs(args.workdir)
+  log = lambda s: print(s, flush=True)
+  ref_dir = os.path.join(args.workdir, "reference")
+
+  log("reference run (never killed)")
+  t0 = time.time()
+  rc, _, tail = run_once(ref_dir, None, log)
+  ref_time = time.time() - t0
+  if rc != 0:
+    log(tail)
+    return 1
+  log(f"  {ref_time:.1f} s")
+
+  ref_state = final_state(ref_dir, STEPS)
+  ref_summary = json.load(open(os.path.join(ref_dir, "summary.json")))
+  phases, equal = [], 0
+  for i in range(args.kills):
+    run_dir = os.path.join(args.workdir, f"kill_{i}")
+    for _ in range(3):  # a run that finishes before its kill (timing varies) is redrawn
+      delay = rng.uniform(0.0, 0.9 * ref_time)
+      log(f"kill point {i + 1}/{args.kills}: SIGKILL after {delay:.1f} s")
+      shutil.rmtree(run_dir, ignore_errors=True)
+      _, phase, _ = run_once(run_dir, delay, log)
+      if phase is not None:
+        break
+    phases.append(phase or "none (finished first)")
+    rc, _, tail = run_once(run_dir, None, log)  # the same command again, to the end
+    if rc != 0:
+      log(tail)
+      continue
+    state = final_state(run_dir, STEPS)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    same = (state.keys() == ref_state.keys()
+            and all(np.array_equal(state[k], ref_state[k]) for k in state)
+            and all(summary[n] == ref_summary[n] for n in ("teacher", "student")))
+    equal += same
+    log(f"  final state and evaluation bitwise-equal: {same}; wall_time_s "
+        f"{summary['wall_time_s']:.1f} (reference {ref_summary['wall_time_s']:.1f})")
+  log("kill phases: " + ", ".join(f"{p}: {phases.count(p)}" for p in sorted(set(phases))))
+  log(f"{equal}/{args.kills} kill points bitwise-equal")
+  return 0 if equal == args.kills else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
