@@ -9,8 +9,8 @@ Integrity: orbax (0.12) verifies no checksum of the array bytes (its zarr3 layou
 crc32c only on the shard index; a flipped bit in an OCDBT data file restores silently),
 so ``checksums.json`` holds the SHA-256 and size of every file of a step. Process 0
 writes it once the step is finalised: right after a synchronous save, and for an
-asynchronous one at the next ``save``/``wait``/``close`` (orbax waits for the previous
-save before starting the next). ``restore_latest`` verifies it, restores, checks that
+asynchronous one at the first ``poll`` (the loop's logging steps), ``save``, ``wait`` or
+``close`` after it finalised. ``restore_latest`` verifies it, restores, checks that
 every value is finite, and on any failure falls back to the next older step, moving the
 damaged one to ``WORKDIR/checkpoints_damaged/`` and saying which and why. A step without
 ``checksums.json`` (killed between finalising and checksumming) is restored unverified.
@@ -101,7 +101,8 @@ class Checkpointer:
   def __init__(self, workdir, *, keep: int, async_save: bool = True):
     self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)  # killed saves
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
     self.async_save = async_save
@@ -121,6 +122,12 @@ class Checkpointer:
     if not self.async_save:
       self._write_pending_checksums()
     logging.info("checkpoint saved at step %d in %s", step, self.directory)
+
+  def poll(self) -> None:
+    """Checksums an asynchronous save as soon as it has finalised (the loop calls this at
+    its logging steps), so a kill soon after leaves a verifiable newest step."""
+    if self._unsummed and not self.manager.is_saving_in_progress():
+      self._write_pending_checksums()
 
   def _write_pending_checksums(self) -> None:
     pending, self._unsummed = self._unsummed, []

@@ -372,6 +372,7 @@ def _run(config, workdir, devices, interrupt_at, t_start) -> dict:
         if do_log or do_ckpt or do_eval:
           acc_host = jax.device_get(acc)
           _check_finite(acc_host, step, ckpt, workdir)
+          ckpt.poll()
           if do_log:
             now = time.time()
             rate = (step - step_log) / max(now - t_log, 1e-9)
