@@ -68,6 +68,7 @@ def _digest(path: epath.Path) -> str:
 
 
 def write_checksums(step_dir: epath.Path) -> None:
+  step_dir = epath.Path(step_dir)
   sums = {rel: {"sha256": _digest(p), "size": p.stat().length}
           for rel, p in step_files(step_dir).items()}
   rundir.write_json(step_dir / CHECKSUMS, {"algorithm": "sha256", "files": sums}, indent=1)
@@ -76,6 +77,7 @@ def write_checksums(step_dir: epath.Path) -> None:
 def verify_checksums(step_dir: epath.Path) -> bool:
   """Raises ``CheckpointDamagedError`` naming the first bad file; False when the step has
   no checksum file (nothing to verify), True when every listed file matches."""
+  step_dir = epath.Path(step_dir)
   if not step_dir.is_dir():
     raise CheckpointDamagedError(f"{step_dir} is not a directory")
   try:

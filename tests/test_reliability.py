@@ -140,6 +140,19 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage, 
   ckpt.close()
 
 
+def test_async_save_is_checksummed_once_finalised(tmp_path):
+  import time
+  ckpt = checkpoint.Checkpointer(tmp_path, keep=3, async_save=True)
+  ckpt.save(1, _tiny_tree(1.0), {"it": 1})
+  deadline = time.time() + 60
+  while ckpt.manager.is_saving_in_progress():
+    assert time.time() < deadline
+    time.sleep(0.05)
+  ckpt.poll()  # what the loop does at its logging steps, before any next save
+  assert checkpoint.verify_checksums(tmp_path / "checkpoints" / "1")
+  ckpt.close()
+
+
 def test_nonfinite_checkpoint_is_skipped_and_all_bad_is_an_error(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, keep=3, async_save=False)
   ckpt.save(1, _tiny_tree(1.0), {"it": 1})
