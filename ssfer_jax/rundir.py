@@ -125,6 +125,34 @@ def read_jsonl(path, kind: str | None = None) -> list[dict]:
   return [r for r in rows if kind is None or r.get("kind") == kind]
 
 
+def checkpoint_row(workdir, step: int) -> dict:
+  """The ``kind: run`` row of metrics.jsonl written with the checkpoint at ``step`` (wall
+  time so far, compile time, the last training means: what a resumed run adds to, and
+  what rebuilds summary.json when a run was killed after its last checkpoint), or {}."""
+  rows = [r for r in read_jsonl(epath.Path(workdir) / METRICS, "run") if r["step"] == step]
+  return rows[-1] if rows else {}
+
+
+def eval_history(workdir) -> dict:
+  """{step: eval result} from WORKDIR/eval/step_N.json; for a file that does not parse
+  (written in place by an older version and torn), the top-1 / mean per-class / macro-F1
+  of its metrics.jsonl rows."""
+  out, torn = {}, []
+  for p in (epath.Path(workdir) / EVAL_DIR).glob("step_*.json"):
+    rec = read_json_or_warn(p, what="its metrics.jsonl rows are used instead")
+    if rec is None:
+      torn.append(int(p.stem.split("_")[1]))
+    else:
+      out[int(rec["step"])] = rec
+  if torn:
+    for r in read_jsonl(epath.Path(workdir) / METRICS):  # a step's later row wins (resumes)
+      kind = r.get("kind", "")
+      if kind.startswith("eval_") and r["step"] in torn:
+        out.setdefault(r["step"], {"step": r["step"]})[kind[len("eval_"):]] = {
+            k: r[k] for k in ("top1", "mean_class_acc", "macro_f1")}
+  return dict(sorted(out.items()))
+
+
 def open_append(path):
   """Opens an append-only JSONL file for appending, first cutting off a torn last line
   (so the next row does not get glued onto it)."""

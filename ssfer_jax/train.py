@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -35,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ssfer_jax import algorithms, checkpoint, metrics as metrics_lib, optim, parallel, plots, rundir
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
+from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
 from ssfer_jax.config import validate
 from ssfer_jax.data import pipeline
 from ssfer_jax.data.sources import load_dataset
@@ -54,10 +53,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C; in-flight save finished, the sam
 
 class NonFiniteLossError(FloatingPointError):
   """NaN/inf in the loss, the gradients or the updated state (``EXIT_NONFINITE``)."""
-
-
-class Interrupted(KeyboardInterrupt):
-  """Ctrl-C (``EXIT_INTERRUPTED``): the message is the one line to print."""
 
 
 class WorkdirLockedError(rundir.WorkdirLockedError, ValueError):
@@ -105,38 +100,6 @@ def _diff_keys(a, b, prefix=""):
       yield from _diff_keys(va, vb, prefix + k + ".")
     elif va != vb:
       yield prefix + k
-
-
-class _SigtermFlag:
-  """Flags SIGTERM (preemption: the loop saves and exits at the next step) and the first
-  SIGINT (Ctrl-C: the loop lets the in-flight save finish and stops at the next step,
-  without a traceback); a second Ctrl-C interrupts at once."""
-
-  def __init__(self):
-    self.raised = False
-    self.interrupted = False
-    self._old = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if signum == signal.SIGINT:
-      print("Ctrl-C: stopping after the current step (press again to stop at once)",
-            file=sys.stderr, flush=True)
-      self.interrupted = True
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-      return
-    logging.warning("SIGTERM received: saving a checkpoint at the next step and exiting")
-    self.raised = True
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 @jax.jit
@@ -288,20 +251,14 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
     except rundir.WorkdirLockedError as e:
       raise WorkdirLockedError(str(e)) from None
   try:
-    return _run(config, workdir, devices, interrupt_at, t_start)
+    with OutsideLoopSigint() as outside_loop:
+      return _run(config, workdir, devices, interrupt_at, t_start, outside_loop)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _resume_info(workdir, step: int) -> dict:
-  """The "run" row written with the checkpoint at ``step`` (wall time so far, compile
-  time, the last training means), or {}."""
-  rows = [r for r in rundir.read_jsonl(workdir / rundir.METRICS, "run") if r["step"] == step]
-  return rows[-1] if rows else {}
-
-
-def _run(config, workdir, devices, interrupt_at, t_start) -> dict:
+def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
   trainer = Trainer(config, workdir, devices)
   workdir = trainer.workdir
   if trainer.is_main:
@@ -332,14 +289,15 @@ def _run(config, workdir, devices, interrupt_at, t_start) -> dict:
   total = tcfg.num_steps
   # wall time of the segments that led to the restored checkpoint (so a resumed run's
   # summary reports the whole run's time, and a finished run's summary can be rebuilt)
-  wall_before = _resume_info(workdir, start_step).get("wall_time_s", 0.0) if start_step else 0.0
+  wall_before = rundir.checkpoint_row(workdir, start_step).get("wall_time_s", 0.0) if start_step else 0.0
   last_eval = None
   acc = None
   last_means = {}
   t_log, step_log = time.time(), start_step
   compile_s = None
   try:
-    with _SigtermFlag() as sigterm:
+    outside_loop.check()
+    with LoopSignals() as sigterm:
       step = start_step
       while step < total:
         # The steady-state part: nothing here may copy device arrays to the host (only
@@ -407,7 +365,7 @@ def _run(config, workdir, devices, interrupt_at, t_start) -> dict:
   if start_step >= total:  # re-run of a finished run: keep its timing and last training
     # metrics, from summary.json or (killed before writing it) the final checkpoint's row
     old = (rundir.read_json_or_warn(summary_path, what="rebuilt from metrics.jsonl")
-           or _resume_info(workdir, total))
+           or rundir.checkpoint_row(workdir, total))
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
     rundir.write_json(summary_path, summary, indent=2)
@@ -438,30 +396,9 @@ def _write_eval(trainer, state, step, writer, workdir) -> float:
   return results["teacher"]["top1"]
 
 
-def eval_history(workdir) -> dict:
-  """{step: eval result} from WORKDIR/eval/step_N.json; for a file that does not parse
-  (written in place by an older version and torn), the top-1 / mean per-class / macro-F1
-  of its metrics.jsonl rows."""
-  out, torn = {}, []
-  for p in (epath.Path(workdir) / rundir.EVAL_DIR).glob("step_*.json"):
-    rec = rundir.read_json_or_warn(p, what="its metrics.jsonl rows are used instead")
-    if rec is None:
-      torn.append(int(p.stem.split("_")[1]))
-    else:
-      out[int(rec["step"])] = rec
-  if torn:
-    rows = rundir.read_jsonl(epath.Path(workdir) / rundir.METRICS)
-    for r in rows:  # the later row of a step wins (a resumed run repeats steps)
-      net = r.get("kind", "")[len("eval_"):]
-      if r.get("kind", "").startswith("eval_") and r["step"] in torn:
-        out.setdefault(r["step"], {"step": r["step"]})[net] = {
-            k: r[k] for k in ("top1", "mean_class_acc", "macro_f1")}
-  return dict(sorted(out.items()))
-
-
 def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
   cfg = trainer.config
-  history = {s: r for s, r in eval_history(workdir).items() if s <= cfg.train.num_steps}
+  history = {s: r for s, r in rundir.eval_history(workdir).items() if s <= cfg.train.num_steps}
   final_step = max(history)
   out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
          "num_steps": cfg.train.num_steps, "num_labeled": len(trainer.train_data.labeled),

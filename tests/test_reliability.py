@@ -187,6 +187,7 @@ def test_torn_summary_and_eval_files_are_rebuilt(tmp_path, straight):
   (workdir / "summary.json").write_text("")                         # killed while writing
   (workdir / "eval" / "step_12.json").write_text('{"step": 12, "cl')
   (workdir / "eval" / "step_4.json").write_text('{"step": 4, "cl')
+  (workdir / "config.json").write_text('{"algo": {')
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write('{"step": 13, "kind": "tr')                               # a cut last line
   again = train.run(config, workdir)
@@ -195,6 +196,8 @@ def test_torn_summary_and_eval_files_are_rebuilt(tmp_path, straight):
   assert again["wall_time_s"] == pytest.approx(summary["wall_time_s"], rel=0.5)
   assert json.loads((workdir / "summary.json").read_text()) == again
   assert json.loads((workdir / "eval" / "step_12.json").read_text())["step"] == 12
+  assert json.loads((workdir / "config.json").read_text())["algorithm"] == "fixmatch"
+  assert not (workdir / "config.previous.json").exists()  # a torn file is no "previous config"
   rows = rundir.read_jsonl(workdir / "metrics.jsonl")  # the cut line was cut off before appending
   assert (workdir / "metrics.jsonl").read_text().endswith("\n") and rows
 
@@ -293,3 +296,20 @@ def test_sigterm_then_ctrl_c_then_resume_equals_uninterrupted(tmp_path, straight
   _assert_bitwise_equal(ref, _final_state(tmp_path, config))
   assert again["teacher"] == summary["teacher"]
   assert not (tmp_path / ".lock").exists()
+
+
+def test_ctrl_c_during_start_up_is_not_lost_when_a_library_swallows_it(tmp_path, monkeypatch):
+  orig = checkpoint.Checkpointer.restore_latest
+
+  def swallowing_restore(self, abstract_state):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      sum(range(1000))  # the handler runs here, between bytecodes
+    except KeyboardInterrupt:
+      pass  # what a library catching BaseException would do
+    return orig(self, abstract_state)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_latest", swallowing_restore)
+  with pytest.raises(train.Interrupted, match=r"outside the training loop; no checkpoint was lost"):
+    train.run(tiny_config(), tmp_path)
+  assert not (tmp_path / "checkpoints" / "4").exists() and not (tmp_path / ".lock").exists()
