@@ -4,10 +4,11 @@ never killed (issue #18).
 
     python bench/fault_injection.py --kills=8 [--seed=0] [--workdir=/tmp/ssfer_faults]
 
-One uninterrupted reference run is timed. Then, for each kill point, a fresh workdir is
-run, killed after a delay drawn uniformly from [0, 0.9 x the reference's wall time] (so kills
-land in start-up, training steps, evaluations and asynchronous checkpoint saves alike),
-and the same command is run again to the end (a run that finished before its kill is
+One uninterrupted reference run is timed (in total and to its first progress line).
+Then, for each kill point, a fresh workdir is run, killed after a random delay (even
+points: uniform over the reference's start-up; odd points: uniform over its training
+part, where steps, evaluations and asynchronous checkpoint saves alternate), and the
+same command is run again to the end (a run that finished before its kill is
 redrawn, up to three times). Each kill is classified by what the
 process had shown (an orbax temporary directory: a save in flight; no progress line:
 start-up). A kill point counts as bitwise-equal when the rerun exits 0, every leaf of
@@ -55,23 +56,28 @@ def _in_flight_save(workdir: str) -> bool:
 
 
 def run_once(workdir: str, kill_after: float | None, log):
-  """(return code, phase at the kill or None, stderr tail)."""
+  """(return code, phase at the kill or None, stderr tail, seconds to the first progress
+  line or None)."""
   err_path = os.path.join(workdir + ".stderr")
   with open(err_path, "w") as err:
+    t0 = time.time()
     proc = subprocess.Popen(command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
                             env={**os.environ, "PYTHONPATH": REPO})
-    phase = None
-    try:
-      proc.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
+    phase, first_step = None, None
+    deadline = None if kill_after is None else t0 + kill_after
+    while proc.poll() is None and (deadline is None or time.time() < deadline):
+      if first_step is None and f"/{STEPS} |" in open(err_path).read():
+        first_step = time.time() - t0
+      time.sleep(0.05)
+    if proc.poll() is None:
       text = open(err_path).read()
       phase = ("save in flight" if _in_flight_save(workdir) else
                "start-up" if f"/{STEPS} |" not in text else "training/eval")
       os.kill(proc.pid, signal.SIGKILL)
-      proc.wait()
+    proc.wait()
   tail = open(err_path).read()[-1500:]
   log(f"  rc={proc.returncode} killed={'yes (' + phase + ')' if phase else 'no'}")
-  return proc.returncode, phase, tail
+  return proc.returncode, phase, tail, first_step
 
 
 def final_state(workdir: str, step: int) -> dict:
@@ -95,12 +101,12 @@ def main(argv=None) -> int:
 
   log("reference run (never killed)")
   t0 = time.time()
-  rc, _, tail = run_once(ref_dir, None, log)
+  rc, _, tail, first_step = run_once(ref_dir, None, log)
   ref_time = time.time() - t0
   if rc != 0:
     log(tail)
     return 1
-  log(f"  {ref_time:.1f} s")
+  log(f"  {ref_time:.1f} s, the first progress line after {first_step:.1f} s")
 
   ref_state = final_state(ref_dir, STEPS)
   ref_summary = json.load(open(os.path.join(ref_dir, "summary.json")))
@@ -108,14 +114,16 @@ def main(argv=None) -> int:
   for i in range(args.kills):
     run_dir = os.path.join(args.workdir, f"kill_{i}")
     for _ in range(3):  # a run that finishes before its kill (timing varies) is redrawn
-      delay = rng.uniform(0.0, 0.9 * ref_time)
+      # even points in start-up, odd ones in training (steps, evaluations, saves)
+      delay = (rng.uniform(0.0, first_step) if i % 2 == 0 else
+               rng.uniform(first_step, 0.95 * ref_time))
       log(f"kill point {i + 1}/{args.kills}: SIGKILL after {delay:.1f} s")
       shutil.rmtree(run_dir, ignore_errors=True)
-      _, phase, _ = run_once(run_dir, delay, log)
+      _, phase, _, _ = run_once(run_dir, delay, log)
       if phase is not None:
         break
     phases.append(phase or "none (finished first)")
-    rc, _, tail = run_once(run_dir, None, log)  # the same command again, to the end
+    rc, _, tail, _ = run_once(run_dir, None, log)  # the same command again, to the end
     if rc != 0:
       log(tail)
       continue
