@@ -100,11 +100,13 @@ def verify_checksums(step_dir: epath.Path) -> bool:
 
 class Checkpointer:
 
-  def __init__(self, workdir, *, keep: int, async_save: bool = True):
+  def __init__(self, workdir, *, keep: int, async_save: bool = True, owner: bool = False):
+    """``owner``: the training run that writes here (it deletes the temporary directories
+    of saves a kill interrupted; a reader must not, as a live run may be saving)."""
     self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)  # killed saves
+                                           cleanup_tmp_directories=owner)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
     self.async_save = async_save

@@ -273,7 +273,7 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
         "steps_per_epoch": trainer.train_data.steps_per_epoch}, indent=2))
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
-                                 async_save=tcfg.async_checkpoint)
+                                 async_save=tcfg.async_checkpoint, owner=True)
   batches = pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
                                   trainer.dataset.channels)
   restored = ckpt.restore_latest(trainer.abstract_state)
