@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 
 
@@ -38,8 +37,7 @@ class LoopSignals:
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT:
-      print("Ctrl-C: stopping after the current step (press again to stop at once)",
-            file=sys.stderr, flush=True)
+      logging.info("Ctrl-C: stopping after the current step (press again to stop at once)")
       self.interrupted = True
       signal.signal(signal.SIGINT, signal.default_int_handler)
       return
