@@ -66,7 +66,7 @@ def run_once(workdir: str, kill_after: float | None, log, *, from_first_step=Fal
     proc = subprocess.Popen(command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
                             env={**os.environ, "PYTHONPATH": REPO})
     phase, first_step = None, None
-    deadline = None if kill_after is None else t0 + kill_after
+    deadline = None if kill_after is None or from_first_step else t0 + kill_after
     while proc.poll() is None and (deadline is None or time.time() < deadline):
       if first_step is None and f"/{STEPS} |" in open(err_path).read():
         first_step = time.time() - t0
