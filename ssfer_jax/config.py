@@ -8,6 +8,7 @@ trainer reads, so a key that is not here is a typo: ``validate`` names it.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -230,8 +231,54 @@ def _flat_keys(cfg, prefix=""):
       yield prefix + k
 
 
+# (key, lowest, highest, lowest excluded): numeric values that cannot work outside these
+# ranges (a zero interval divides by zero in the loop, a zero batch has no examples, an
+# EMA decay above 1 diverges, keep_checkpoints=0 keeps none). None: unbounded.
+_RANGES = (
+    ("train.num_steps", 1, None, False),
+    ("train.log_every", 1, None, False),
+    ("train.eval_every", 1, None, False),
+    ("train.checkpoint_every", 1, None, False),
+    ("train.keep_checkpoints", 1, None, False),
+    ("data.batch_size", 1, None, False),
+    ("data.uratio", 1, None, False),
+    ("data.image_size", 8, None, False),
+    ("data.crop_pad", 0, None, False),
+    ("eval.batch_size", 1, None, False),
+    ("optim.lr", 0.0, None, True),
+    ("optim.weight_decay", 0.0, None, False),
+    ("optim.momentum", 0.0, 1.0, False),
+    ("optim.warmup_steps", 0, None, False),
+    ("optim.grad_clip", 0.0, None, False),
+    ("optim.accum_steps", 1, None, False),
+    ("ema.decay", 0.0, 1.0, False),
+    ("mesh.fsdp", 1, None, False),
+    ("mesh.num_devices", 0, None, False),
+)
+
+
+def _range_text(lo, hi, lo_open) -> str:
+  if hi is None:
+    return f"{'>' if lo_open else '>='} {lo}"
+  return f"in {'(' if lo_open else '['}{lo}, {hi}]"
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Raises naming the first key of ``_RANGES`` whose value is out of range or not finite."""
+  for key, lo, hi, lo_open in _RANGES:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    ok = (isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
+          and (node > lo if lo_open else node >= lo) and (hi is None or node <= hi))
+    if not ok:
+      raise ValueError(f"config.{key}={node!r} is out of range: it must be "
+                       f"{_range_text(lo, hi, lo_open)}")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Unknown keys (against ``base_config`` and the method's own defaults) are errors."""
+  """Unknown keys (against ``base_config`` and the method's own defaults) and values
+  outside ``_RANGES`` are errors."""
   known = set(_flat_keys(base_config()))
   unknown = sorted(set(_flat_keys(config)) - known)
   if unknown:
@@ -248,6 +295,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         + (f"missing {', '.join('config.algo.' + k for k in missing)}; " if missing else "")
         + "switch methods with the config variant (e.g. --config=configs/default.py:"
         f"{config.algorithm}), which loads the method's defaults")
+  check_ranges(config)
 
 
 def loader(path: str):

@@ -56,7 +56,7 @@ from etils import epath
 
 from ssfer_jax import cli, evaluation, inference
 from ssfer_jax import metrics as metrics_lib
-from ssfer_jax import plots
+from ssfer_jax import plots, rundir
 from ssfer_jax.data import classes, pipeline
 from ssfer_jax.data.classes import LabelMap
 from ssfer_jax.data.datasets import load_dataset
@@ -146,7 +146,7 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   if write:
     out = workdir / "cross_eval" / f"{dataset}_{split_name}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    rundir.write_json(out / "results.json", results, indent=2)
     for net in NETS:
       r = results[net]
       plots.confusion_png(r["confusion"], run.class_names, out / f"confusion_{net}.png",

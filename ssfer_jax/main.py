@@ -8,7 +8,8 @@ Overrides: ``--config.train.num_steps=200 --config.data.labels_per_class=25``.
 Running the same command again resumes from the latest checkpoint in ``--workdir``; a
 workdir that holds a different run is refused before anything is written.
 Errors are one ``error:`` line (exit 2); ``--verbose`` or ``SSFER_DEBUG=1`` shows the
-traceback. A preempted run (SIGTERM) exits 75 after its checkpoint; Ctrl-C exits 130.
+traceback. Exit status: 0 done, 2 a usage/config/file/lock error, 3 NaN/inf (the kept
+checkpoints are finite), 75 preempted (SIGTERM, checkpoint saved), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ _LIST = flags.DEFINE_bool("list", False, "Print the configs, methods, ablations/
                           "datasets, then exit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and the label split, "
                              "then exit (writes nothing).")
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a scheduler should requeue the same command
-
 
 def main(argv):
   if len(argv) > 1:
@@ -62,9 +60,15 @@ def main(argv):
   from ssfer_jax import parallel  # noqa: imported after flags so --help stays fast
   parallel.maybe_initialize_distributed(config.distributed)
   from ssfer_jax import train
-  summary = train.run(config, _WORKDIR.value)
-  if "preempted_at" in summary:
-    sys.exit(EXIT_PREEMPTED)
+  try:
+    summary = train.run(config, _WORKDIR.value)
+  except train.NonFiniteLossError as e:  # the checkpoints kept are finite: say so, exit 3
+    cli.fail(str(e), train.EXIT_NONFINITE)
+  except train.Interrupted as e:  # Ctrl-C: the in-flight save completed
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(train.EXIT_INTERRUPTED)
+  if "preempted_at" in summary:  # SIGTERM: checkpoint saved; a scheduler should requeue
+    sys.exit(train.EXIT_PREEMPTED)
 
 
 def _help_with_listing():

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from ssfer_jax import rundir
+
 
 def classification_metrics(confusion) -> dict:
   """top-1, mean per-class accuracy (over classes present in the split), macro-F1,
@@ -64,7 +66,7 @@ class MetricWriter:
     from tensorboardX import SummaryWriter  # local import: only the writing process needs it
     self.workdir = epath.Path(workdir)
     self.tb = SummaryWriter(str(self.workdir / "tb"))
-    self.jsonl = open(self.workdir / "metrics.jsonl", "a")
+    self.jsonl = rundir.open_append(self.workdir / rundir.METRICS)
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     if not self.enabled:
@@ -73,8 +75,13 @@ class MetricWriter:
     for k, v in flat.items():
       if math.isfinite(v):
         self.tb.add_scalar(f"{prefix}/{k}", v, step)
-    record = {"step": int(step), "kind": prefix, "time": time.time(),
-              **{k: (v if math.isfinite(v) else None) for k, v in flat.items()}}
+    self.write_row({"step": int(step), "kind": prefix, "time": time.time(),
+                    **{k: (v if math.isfinite(v) else None) for k, v in flat.items()}})
+
+  def write_row(self, record: dict) -> None:
+    """Appends one JSON line (one write call, so a kill cuts at most this line)."""
+    if not self.enabled:
+      return
     self.jsonl.write(json.dumps(record) + "\n")
     self.jsonl.flush()
 
@@ -118,14 +125,6 @@ def _config_leaves(d: dict, prefix: str = ""):
       yield from _config_leaves(v, prefix + k + ".")
     else:
       yield prefix + k, v
-
-
-def read_jsonl(path, kind: str | None = None) -> list[dict]:
-  path = epath.Path(path)
-  if not path.exists():
-    return []
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if kind is None or r.get("kind") == kind]
 
 
 def format_duration(seconds: float) -> str:

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
 from ssfer_jax import cli
-from ssfer_jax import plots  # noqa: E402
+from ssfer_jax import plots, rundir  # noqa: E402
 
 NETS = ("teacher", "student")
 _TAU = "algo/tau/"
@@ -64,32 +64,10 @@ def dedupe_rows(rows: Sequence[dict]) -> dict:
 def read_metrics(path) -> dict:
   """metrics.jsonl -> ``dedupe_rows``; a truncated last line (a killed run) is skipped,
   any other unreadable line is an error naming the file and line."""
-  path = epath.Path(path)
-  if not path.exists():
-    return {}
-  lines = path.read_text().splitlines()
-  rows = []
-  for i, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if i == len(lines):
-        logging.warning("%s line %d: incomplete last line skipped", path, i)
-        continue
-      raise ValueError(f"{path} line {i}: not valid JSON ({e}); fix or delete that line") from e
-  return dedupe_rows(rows)
+  return dedupe_rows(rundir.read_jsonl(path))
 
 
-def _read_json(path):
-  path = epath.Path(path)
-  if not path.exists():
-    return None
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
+_read_json = rundir.read_json  # None when missing; names file:line when it does not parse
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import optax
 from ssfer_jax import optim
 from ssfer_jax.algorithms.base import StepInputs, cross_entropy
 from ssfer_jax.data.images import normalize
-from ssfer_jax.state import TrainState
+from ssfer_jax.state import TrainState, any_nonfinite
 
 
 def ema_decay(step, decay, warmup: bool):
@@ -155,7 +155,7 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
                "grad_norm": optax.tree.norm(grads), "ema_decay": decay,
-               "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32)}
+               "nonfinite": nonfinite_flags(loss, grads, new_state)}
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(n_updates), jnp.float32)
     if aux["mask"] is not None:
@@ -165,6 +165,21 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
     return new_state, metrics
 
   return train_step
+
+
+# Bits of the step's "nonfinite" metric (``train.describe_nonfinite`` spells them out).
+NONFINITE_LOSS, NONFINITE_GRADS, NONFINITE_STATE = 1, 2, 4
+
+
+def nonfinite_flags(loss, grads, new_state):
+  """int32 bit mask: NaN/inf in the loss, the gradients, or the updated state (parameters,
+  BatchNorm statistics, teacher, optimizer moments, algorithm state). The loss alone is
+  not enough: it is computed before the update, and NaN parameters can give a finite loss
+  (a constant prediction). The loop accumulates this on the device and reads it only at
+  logging / evaluation / checkpoint steps, always before a save."""
+  bit = lambda flag, value: jnp.where(flag, jnp.int32(value), jnp.int32(0))
+  return (bit(~jnp.isfinite(loss), NONFINITE_LOSS) | bit(any_nonfinite(grads), NONFINITE_GRADS)
+          | bit(any_nonfinite(new_state), NONFINITE_STATE))
 
 
 def pseudo_label_metrics(mask, pseudo, y_true):

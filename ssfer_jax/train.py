@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 
 import jax
@@ -33,10 +31,11 @@ from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
-from ssfer_jax import evaluation, selection, xla_options
+from ssfer_jax import evaluation, rundir, selection, xla_options
+from ssfer_jax import config as config_lib
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
-from ssfer_jax import config as config_lib
+from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
 from ssfer_jax.config import validate
 from ssfer_jax.data import pipeline
 from ssfer_jax.data.datasets import load_dataset
@@ -48,8 +47,19 @@ from ssfer_jax.models import build_model
 STEP_TRANSFER_GUARD = "allow"
 
 
+# Exit statuses ``main`` gives a run (besides 0 = finished, 2 = a usage / config / file
+# error printed as one line), so a scheduler can tell them apart.
+EXIT_NONFINITE = 3      # NaN/inf in the loss, gradients or state: stopped; checkpoints are finite
+EXIT_PREEMPTED = 75     # EX_TEMPFAIL: SIGTERM; a checkpoint was saved, the same command resumes
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C; in-flight save finished, the same command resumes
+
+
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """NaN/inf in the loss, the gradients or the updated state (``EXIT_NONFINITE``)."""
+
+
+class WorkdirLockedError(rundir.WorkdirLockedError, ValueError):
+  """Another live run uses the workdir (a ValueError: printed as one line, status 2)."""
 
 
 class _Interrupted(Exception):
@@ -76,14 +86,13 @@ def check_workdir(config, workdir) -> None:
   """Refuses, before anything is written, a workdir whose config.json is another run
   (method, dataset, model or label split differ) or the same run with other
   hyper-parameters (unless ``config.train.allow_config_change``)."""
-  path = epath.Path(workdir) / "config.json"
+  path = epath.Path(workdir) / rundir.CONFIG
   if not path.exists():
     return
-  try:
-    old = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path} is unreadable ({e}); if the run was killed while writing it, "
-                     "delete that file and run again (the checkpoints are kept)") from e
+  old = rundir.read_json_or_warn(path, what="it is rewritten from this run's config; the "
+                                 "checkpoints' shapes are still checked on restore")
+  if old is None:
+    return
   new = json.loads(config.to_json_best_effort())
   identity, hyper = config_lib.resume_conflicts(old, new)
   if identity:
@@ -101,35 +110,15 @@ def check_workdir(config, workdir) -> None:
 def _save_config(config, workdir: epath.Path) -> None:
   path = workdir / "config.json"
   text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if rundir.read_json_or_warn(path, what="rewritten from this run's config") is None:
+    path.unlink(missing_ok=True)
   if path.exists() and path.read_text() != text:
     _, hyper = config_lib.resume_conflicts(json.loads(path.read_text()), json.loads(text))
     if hyper:
       logging.warning("resuming %s with changed settings: %s", workdir,
                       config_lib.describe_changes(hyper, limit=50))
-      (workdir / "config.previous.json").write_text(path.read_text())
-  path.write_text(text)
-
-
-class _SigtermFlag:
-  """Sets a flag on SIGTERM (preemption) so the loop saves and exits at the next step."""
-
-  def __init__(self):
-    self.raised = False
-    self._old = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the next step and exiting")
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+      rundir.write_text(workdir / rundir.CONFIG_PREVIOUS, path.read_text())
+  rundir.write_text(path, text)
 
 
 @jax.jit
@@ -137,9 +126,12 @@ def _accumulate(acc, metrics, step):
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   bad = jnp.where(metrics["nonfinite"] > 0, step, jnp.iinfo(jnp.int32).max)
   if acc is None:
-    return {"sum": jax.tree.map(f32, metrics), "n": jnp.float32(1.0), "bad_step": bad}
+    return {"sum": jax.tree.map(f32, metrics), "n": jnp.float32(1.0), "bad_step": bad,
+            "bad_kind": metrics["nonfinite"]}
+  first = bad < acc["bad_step"]  # the flags of the first bad step are the ones reported
   return {"sum": jax.tree.map(lambda a, m: a + f32(m), acc["sum"], metrics),
-          "n": acc["n"] + 1.0, "bad_step": jnp.minimum(acc["bad_step"], bad)}
+          "n": acc["n"] + 1.0, "bad_step": jnp.minimum(acc["bad_step"], bad),
+          "bad_kind": jnp.where(first, metrics["nonfinite"], acc["bad_kind"])}
 
 
 class Trainer:
@@ -231,13 +223,25 @@ class Trainer:
     return {net: metrics_lib.classification_metrics(cm) for net, cm in cms.items()}
 
 
+def describe_nonfinite(flags: int) -> str:
+  """The step's ``nonfinite`` bit mask in words."""
+  parts = [name for bit, name in ((step_lib.NONFINITE_LOSS, "loss"),
+                                  (step_lib.NONFINITE_GRADS, "gradients"),
+                                  (step_lib.NONFINITE_STATE, "updated state"))
+           if int(flags) & bit]
+  return " and ".join(parts) or "values"
+
+
 def _check_finite(acc_host, step, ckpt, workdir):
+  """Called on the fetched accumulator before any log, evaluation or save, so no
+  checkpoint ever holds a NaN/inf (each step's flag covers the state it produced)."""
   if acc_host is not None and acc_host["bad_step"] < np.iinfo(np.int32).max:
     last = ckpt.latest_step()
-    kept = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
+    kept = (f"the last checkpoint (step {last}, finite) is kept in {workdir}/checkpoints"
             if last is not None else "no checkpoint had been written yet")
-    raise NonFiniteLossError(
-        f"non-finite loss at step {int(acc_host['bad_step'])}; training stopped and {kept}. "
+    raise NonFiniteLossError(  # the step counter the bad update started from
+        f"non-finite {describe_nonfinite(acc_host['bad_kind'])} (NaN/inf) at step "
+        f"{int(acc_host['bad_step'])}; training stopped and {kept}. "
         "Lower config.optim.lr, enable config.optim.grad_clip, or check the input data; "
         "re-running the same command resumes from that checkpoint.")
 
@@ -260,11 +264,30 @@ def _means(acc_host) -> dict:
 
 
 def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> dict:
-  """Trains (or resumes) and returns the summary. ``interrupt_at`` is a test hook that
-  stops the process-equivalent abruptly (no final checkpoint) after that step."""
+  """Trains (or resumes) and returns the summary, or ``{"preempted_at": step}`` after a
+  SIGTERM (``EXIT_PREEMPTED``). Raises ``Interrupted`` on Ctrl-C, ``NonFiniteLossError``
+  on NaN/inf, ``WorkdirLockedError`` when a live run holds the workdir. ``interrupt_at``
+  is a test hook that stops the process-equivalent abruptly (no final checkpoint) after
+  that step."""
   t_start = time.time()
-  validate(config)
-  check_workdir(config, workdir)
+  validate(config)  # before anything heavy, and before the workdir is touched
+  check_workdir(config, workdir)  # another run's workdir is refused before anything is written
+  workdir = ensure_writable(workdir)
+  lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except rundir.WorkdirLockedError as e:
+      raise WorkdirLockedError(str(e)) from None
+  try:
+    with OutsideLoopSigint() as outside_loop:
+      return _run(config, workdir, devices, interrupt_at, t_start, outside_loop)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
   console.say(f"building the {config.dataset.name} data and the {config.model.backbone} model "
               f"for {config.algorithm} ...")
   trainer = Trainer(config, workdir, devices)
@@ -272,7 +295,7 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
   if trainer.is_main:
     _save_config(config, workdir)
     (workdir / "eval").mkdir(exist_ok=True)
-    (workdir / "run_info.json").write_text(json.dumps({
+    rundir.write_text(workdir / rundir.RUN_INFO, json.dumps({
         "dataset": config.dataset.name, "class_names": list(trainer.dataset.class_names),
         "num_classes": trainer.dataset.num_classes, "channels": trainer.dataset.channels,
         "image_size": config.data.image_size, "algorithm": config.algorithm,
@@ -283,29 +306,33 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
         **console.provenance()}, indent=2))
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
-                                 async_save=tcfg.async_checkpoint)
+                                 async_save=tcfg.async_checkpoint, owner=True)
   batches = pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
                                   trainer.dataset.channels)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, data_state = ckpt.restore(latest, trainer.abstract_state)
+  restored = ckpt.restore_latest(trainer.abstract_state)
+  if restored is not None:
+    latest, state, data_state = restored
     batches.set_state(data_state)
     logging.info("resumed from step %d in %s", latest, ckpt.directory)
   else:
-    state = trainer.fresh_state()
+    latest, state = None, trainer.fresh_state()
   console.say(console.banner(config, trainer, latest, workdir))
   writer = metrics_lib.MetricWriter(workdir, trainer.dataset.class_names)
   if latest is None:
     writer.config(config)
   start_step = int(jax.device_get(state.step))
   total = tcfg.num_steps
+  # wall time of the segments that led to the restored checkpoint (so a resumed run's
+  # summary reports the whole run's time, and a finished run's summary can be rebuilt)
+  wall_before = rundir.checkpoint_row(workdir, start_step).get("wall_time_s", 0.0) if start_step else 0.0
   last_eval = None
   acc = None
   last_means = {}
   t_log, step_log = time.time(), start_step
   compile_s = None
   try:
-    with _SigtermFlag() as sigterm:
+    outside_loop.check()
+    with LoopSignals() as sigterm:
       step = start_step
       while step < total:
         # The steady-state part: nothing here may copy device arrays to the host (only
@@ -326,6 +353,12 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
           t_log, step_log = time.time(), step
         if interrupt_at is not None and step == interrupt_at:
           raise _Interrupted(f"interrupted after step {step}")
+        if sigterm.interrupted:
+          ckpt.wait()  # the in-flight save completes (and gets its checksum)
+          last = ckpt.latest_step()
+          raise Interrupted(f"interrupted (Ctrl-C) after step {step}; " + (
+              f"the checkpoint at step {last} in {ckpt.directory} is complete; run the same "
+              "command to resume" if last is not None else "no checkpoint had been written"))
         preempted = sigterm.raised or (jax.process_count() > 1 and
                                        ckpt.manager.reached_preemption(step))
         do_log = step % tcfg.log_every == 0 or step == total
@@ -334,6 +367,7 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
         if do_log or do_ckpt or do_eval:
           acc_host = jax.device_get(acc)
           _check_finite(acc_host, step, ckpt, workdir)
+          ckpt.poll()
           if do_log:
             now = time.time()
             rate = (step - step_log) / max(now - t_log, 1e-9)
@@ -347,28 +381,35 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
         if do_eval:
           last_eval = _write_eval(trainer, state, step, writer, workdir)
         if do_ckpt:
+          if trainer.is_main:
+            writer.write_row({"step": step, "kind": "run", "wall_time_s":
+                              wall_before + time.time() - t_start, "compile_s": compile_s,
+                              "train": _scalars(last_means)})
           ckpt.save(step, state, batches.get_state())
         if preempted:
           ckpt.wait()
-          print(f"preempted: checkpoint saved at step {step}; run the same command to resume",
-                file=sys.stderr)
+          print(f"preempted: checkpoint saved at step {step}; run the same command to resume "
+                f"(exit status {EXIT_PREEMPTED})", file=sys.stderr)
           return {"preempted_at": step}
     if start_step >= total:  # already finished: re-evaluate the final state for the summary
       last_eval = _write_eval(trainer, state, total, writer, workdir)
   finally:
     ckpt.close()
     writer.close()
-  summary = _summarise(trainer, workdir, last_means, time.time() - t_start, compile_s)
-  summary_path = workdir / "summary.json"
-  if start_step >= total and summary_path.exists():  # re-run of a finished run: keep its
-    old = json.loads(summary_path.read_text())       # timing and its last training metrics
+  summary = _summarise(trainer, workdir, last_means, wall_before + time.time() - t_start,
+                       compile_s)
+  summary_path = workdir / rundir.SUMMARY
+  if start_step >= total:  # re-run of a finished run: keep its timing and last training
+    # metrics, from summary.json or (killed before writing it) the final checkpoint's row
+    old = (rundir.read_json_or_warn(summary_path, what="rebuilt from metrics.jsonl")
+           or rundir.checkpoint_row(workdir, total))
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
-    summary_path.write_text(json.dumps(summary, indent=2))
+    rundir.write_json(summary_path, summary, indent=2)
     _plot_thresholds(workdir, trainer.dataset.class_names)
     from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
-    final_eval = eval_history(workdir)[summary["final_step"]]
+    final_eval = rundir.eval_history(workdir)[summary["final_step"]]
     console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))
   return summary
 
@@ -382,8 +423,9 @@ def _write_eval(trainer, state, step, writer, workdir) -> float:
       writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
                           "macro_f1": m["macro_f1"]}, f"{prefix}_{net}")
   if trainer.is_main:
-    (workdir / "eval" / f"step_{step}.json").write_text(json.dumps(
-        {"step": step, "class_names": list(trainer.dataset.class_names), **results, **extra}))
+    rundir.write_json(rundir.eval_file(workdir, step),
+                      {"step": step, "class_names": list(trainer.dataset.class_names), **results,
+                       **extra})
     png = workdir / "eval" / f"confusion_teacher_step_{step}.png"
     plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
                         f"teacher, step {step}: top-1 {results['teacher']['top1']:.3f}, "
@@ -396,18 +438,9 @@ def _write_eval(trainer, state, step, writer, workdir) -> float:
   return results["teacher"]["top1"]
 
 
-def eval_history(workdir) -> dict:
-  """{step: eval result} from WORKDIR/eval/step_N.json."""
-  out = {}
-  for p in (epath.Path(workdir) / "eval").glob("step_*.json"):
-    rec = json.loads(p.read_text())
-    out[int(rec["step"])] = rec
-  return dict(sorted(out.items()))
-
-
 def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
   cfg = trainer.config
-  history = {s: r for s, r in eval_history(workdir).items() if s <= cfg.train.num_steps}
+  history = {s: r for s, r in rundir.eval_history(workdir).items() if s <= cfg.train.num_steps}
   final_step = max(history)
   out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
          "num_steps": cfg.train.num_steps, "final_step": final_step, "num_labeled": len(trainer.train_data.labeled),
@@ -417,7 +450,7 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
          "num_val": 0 if trainer.train_data.val_ids is None else len(trainer.train_data.val_ids),
          "selection_note": selection.NOTE,
          "wall_time_s": wall, "compile_s": compile_s,
-         "train": {k: float(v) for k, v in last_means.items() if np.ndim(v) == 0}}
+         "train": _scalars(last_means)}
   for net in ("teacher", "student"):
     best_step = max(history, key=lambda s: (history[s][net]["top1"], -s))
     final = history[final_step][net]
@@ -429,9 +462,13 @@ def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
   return out
 
 
+def _scalars(means) -> dict:
+  return {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
+
+
 def _plot_thresholds(workdir, class_names) -> bool:
   """WORKDIR/thresholds.png from the logged per-class thresholds; False if there are none."""
-  rows = [r for r in metrics_lib.read_jsonl(workdir / "metrics.jsonl", "train")
+  rows = [r for r in rundir.read_jsonl(workdir / rundir.METRICS, "train")
           if any(k.startswith("algo/tau/") for k in r)]
   if not rows:
     return False

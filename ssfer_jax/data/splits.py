@@ -45,6 +45,7 @@ import logging
 import numpy as np
 from etils import epath
 
+from ssfer_jax import rundir
 from ssfer_jax.data.classes import CANONICAL7
 
 ADACM_TOTALS = {100: (10, 15), 400: (40, 60), 1000: (100, 150), 2000: (200, 300), 4000: (250, 625)}
@@ -184,7 +185,7 @@ def write_ids(path, ids: np.ndarray, *, dataset: str, num_train: int, labels=Non
   if val_ids is not None and len(val_ids):
     obj["val_sha256"] = split_hash(val_ids)
     obj["val_ids"] = [int(i) for i in val_ids]
-  epath.Path(path).write_text(json.dumps(obj))
+  rundir.write_json(path, obj)
 
 
 def read_split(path, *, dataset: str, num_train: int):
