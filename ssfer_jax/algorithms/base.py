@@ -6,10 +6,11 @@ by name; it only
 
 1. runs the student on the views the algorithm asks for (``student_views``, with
    gradients) and the pseudo-label source (EMA teacher or the student with a stop-
-   gradient, ``config.pseudo_label_source``) on ``pseudo_views``;
+   gradient, ``config.pseudo_label_source``) on ``pseudo_views``, and hands their outputs
+   over keyed by view name (``StepInputs.student`` / ``.pseudo``);
 2. calls ``unlabeled_loss(state, inputs, cfg)`` which returns the (already weighted)
    unlabeled loss, the algorithm's new state, the per-sample mask/weight and
-   pseudo-labels, and any diagnostics;
+   pseudo-labels, its per-class thresholds if it has any, and any diagnostics;
 3. adds ``lambda_x * CE(labeled)``.
 
 Everything an algorithm computes runs inside the compiled step, on the *global* batch:
