@@ -57,10 +57,11 @@ Hyper-parameters (``config.algo``):
   neg_eps                 eps in log(1 - p + eps)
 
 ``UnlabeledOutput.thresholds``: the (C,) thresholds used for this step's mask (logged as
-``algo/tau``). Metrics (``UnlabeledOutput.metrics``): ``loss_u`` (weighted positive loss); with SNL: ``loss_neg`` (unweighted L_neg),
-``neg_weight`` (lambda_neg * ramp), ``num_complementary`` (complementary labels per
-unlabeled sample), ``neg_selected_rate`` and ``complementary_error`` (fraction of
-complementary labels equal to the true class, over samples with a known label, y >= 0).
+``algo/tau``). Metrics (``UnlabeledOutput.metrics``): ``loss_u`` (weighted positive loss);
+with SNL: ``loss_neg`` (unweighted L_neg), ``neg_weight`` (lambda_neg * ramp),
+``num_complementary`` (complementary labels per unlabeled sample), ``neg_selected_rate`` and
+``complementary_error`` (fraction of complementary labels equal to the true class, over
+samples with a known label, y >= 0).
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ def needs_teacher_on_labeled(cfg) -> bool:
 
 # The variant flags of this machinery (``--config=FILE:no_snl``); dtm shares them.
 ABLATIONS = {
-    "fixed_threshold": Ablation({"algo.use_dta": False},
-                                "config.algo.use_dta=False (fixed threshold config.algo.fixed_tau)"),
+    "fixed_threshold": Ablation({"algo.use_dta": False}, "config.algo.use_dta=False (fixed "
+                                "threshold config.algo.fixed_tau)"),
     "no_snl": Ablation({"algo.use_snl": False}),
 }
 

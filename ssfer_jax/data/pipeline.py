@@ -1,7 +1,8 @@
 """Grain input pipeline: labeled and unlabeled training streams, and the test batches.
 
     source --[per-host slice]--> shuffle / class-balanced order --> repeat
-           --> random_map(views: data/views.py's table, e.g. weak / strong / second weak) --> batch(local batch)
+           --> random_map(views: weak / strong / second weak, from data/views.py)
+           --> batch(local batch)
 
 Each stream is a ``grain.MapDataset`` turned into a checkpointable iterator; the two
 iterator states are saved with the train state (``checkpoint.py``), so a resumed run
