@@ -169,8 +169,8 @@ def register_pseudo_label():
 
   def unlabeled_loss(state, inputs, cfg):
     del cfg
-    _, pseudo, _ = confidence_and_label(inputs.logits_ulb_w)
-    loss = jnp.mean(cross_entropy(inputs.logits_ulb_s, pseudo))
+    _, pseudo, _ = confidence_and_label(inputs.pseudo_logits("ulb_w"))
+    loss = jnp.mean(cross_entropy(inputs.student_logits("ulb_s"), pseudo))
     return UnlabeledOutput(loss=loss + 0.0 * jnp.sum(inputs.teacher_logits_lb), state=state,
                            mask=jnp.ones(pseudo.shape, jnp.float32), pseudo_labels=pseudo,
                            metrics={})
@@ -178,8 +178,7 @@ def register_pseudo_label():
   algo = Algorithm(name="bench_pseudo_label", default_config=dta_snl.default_config,
                    init_state=dta_snl.init_state, unlabeled_loss=unlabeled_loss,
                    needs_teacher_on_labeled=True)
-  algorithms._REGISTRY[algo.name] = algo
-  return algo
+  return algorithms.register(algo, replace=True)
 
 
 def random_batch(rng, config, algorithm, num_classes=NUM_CLASSES) -> dict:
@@ -384,7 +383,9 @@ def time_algorithm(b, uratio, iters=200) -> dict:
   state = dta_snl.init_state(cfg, NUM_CLASSES, u)
 
   def inputs_of(arr):
-    return StepInputs(steps_per_epoch=100, **arr)  # static: closed over, not traced
+    arr = dict(arr)  # the views as StepInputs keys them; steps_per_epoch static, closed over
+    return StepInputs(steps_per_epoch=100, student={"ulb_s": {"logits": arr.pop("logits_ulb_s")}},
+                      pseudo={"ulb_w": arr.pop("logits_ulb_w")}, **arr)
 
   fwd = jax.jit(lambda st, arr: dta_snl.unlabeled_loss(st, inputs_of(arr), cfg))
 

@@ -5,9 +5,10 @@
     python -m ssfer_jax.main --config=configs/default.py:fixmatch,labels=25 --workdir=runs/fm25
 
 Variant (after ':', comma-separated): a method name (default ``fixmatch``; any of
-``ssfer_jax.algorithms.names()``), ablation flags (``config.ABLATIONS``),
-``labels=N`` (labels per class) and ``steps=N``. Method hyper-parameters keep their
-published defaults here; ``configs/default_dta_snl.py`` is the method's own tuned setup.
+``ssfer_jax.algorithms.names()``), ablation flags (``config.ablation_names()``: the
+model/data ones and each method's), ``labels=N`` (labels per class) and ``steps=N``. Method
+hyper-parameters keep their published defaults here; ``configs/default_dta_snl.py`` is the
+method's own tuned setup.
 """
 
 from ssfer_jax.config import apply_ablations, base_config, parse_config_arg, set_algorithm

@@ -70,7 +70,7 @@ def listing() -> str:
   for name in algorithms.names():
     lines.append(f"  {name:<16} {METHOD_SUMMARIES.get(name, '')}")
   lines.append("ablations (bare words in the variant, comma-separated):")
-  lines += [f"  {name:<20} {effect}" for name, effect in sorted(config_lib.ABLATIONS.items())]
+  lines += [f"  {name:<20} {effect}" for name, effect in config_lib.ablation_effects().items()]
   lines.append("variant options (key=value): labels=N (labels per class), steps=N; some configs "
                "add their own (see each file's docstring)")
   lines.append("datasets (--config.dataset.name=...; real ones need "

@@ -147,13 +147,27 @@ def set_algorithm(c: ml_collections.ConfigDict, name: str) -> ml_collections.Con
   return c
 
 
+# The model/data ablation flags, valid for every method. A method's own flags (dta_snl's
+# ``no_snl``, ``fixed_threshold``) live in its Algorithm record (``Algorithm.ablations``).
 ABLATIONS = {
-    "fixed_threshold": "config.algo.use_dta=False (fixed threshold config.algo.fixed_tau)",
-    "no_snl": "config.algo.use_snl=False",
-    "no_attention": "config.model.attention=False",
-    "no_feature_dropout": "config.model.feature_dropout=0.0",
-    "no_balance": "config.data.class_balanced=False",
+    "no_attention": algorithms.Ablation({"model.attention": False}),
+    "no_feature_dropout": algorithms.Ablation({"model.feature_dropout": 0.0}),
+    "no_balance": algorithms.Ablation({"data.class_balanced": False}),
 }
+
+
+def ablation_names() -> list[str]:
+  """Every ablation flag: the model/data ones and every registered method's."""
+  return sorted(set(ABLATIONS) | set(algorithms.ablations()))
+
+
+def ablation_effects() -> dict[str, str]:
+  """flag -> what it sets (a method's flag names the methods it applies to): ``--list``."""
+  out = {flag: a.describe() for flag, a in ABLATIONS.items()}
+  for flag, by_method in algorithms.ablations().items():
+    out.setdefault(flag, f"{next(iter(by_method.values())).describe()} "
+                         f"[{', '.join(by_method)} only]")
+  return dict(sorted(out.items()))
 
 
 def split_variant(arg: str | None):
@@ -177,18 +191,18 @@ def parse_config_arg(arg: str | None, *, source: str, allowed_options=(), extra_
 
   Returns (method, ablations, extras, options): ``method`` is the one bare word naming a
   registered algorithm (default 'dta_snl'), ``ablations`` the bare words in
-  ``ABLATIONS`` (applied later by ``apply_ablations``), ``extras`` the bare words in
+  ``ablation_names()`` (applied later by ``apply_ablations``), ``extras`` the bare words in
   ``extra_flags`` (e.g. AffectNet's '7' / '8'), ``options`` the ``key=value`` pairs,
   whose keys must be in ``allowed_options``. Anything else raises naming ``source``.
   """
   flags, options = split_variant(arg)
   methods = [f for f in flags if f in algorithms.names()]
-  ablations = [f for f in flags if f in ABLATIONS]
+  ablations = [f for f in flags if f in ablation_names()]
   extras = [f for f in flags if f in extra_flags]
   unknown = [f for f in flags if f not in methods + ablations + extras]
   if unknown:
     raise ValueError(f"{source}: unknown variant(s) {unknown}; known: ablations "
-                     f"{sorted(ABLATIONS)}, methods {algorithms.names()}"
+                     f"{ablation_names()}, methods {algorithms.names()}"
                      + (f", {list(extra_flags)}" if extra_flags else "")
                      + f", options {list(allowed_options)} as key=value (comma-separated, "
                      f"e.g. --config={source}:no_snl,no_attention)")
@@ -201,25 +215,29 @@ def parse_config_arg(arg: str | None, *, source: str, allowed_options=(), extra_
 
 
 def apply_ablations(config: ml_collections.ConfigDict, flags, *, source: str):
-  """Applies the ablation flags (``ABLATIONS``); unknown flags raise naming ``source``."""
+  """Applies the ablation flags: the model/data ones (``ABLATIONS``) and those of
+  ``config.algorithm``'s record; an unknown flag, or another method's, raises naming
+  ``source``."""
+  own = algorithms.get_algorithm(config.algorithm).ablations
   for flag in flags:
-    if flag not in ABLATIONS:
+    ablation = ABLATIONS.get(flag) or own.get(flag)
+    if ablation is None:
+      owners = algorithms.ablations().get(flag)
+      if owners:
+        raise ValueError(f"{source}: variant {flag!r} applies to {'/'.join(owners)}, not "
+                         f"config.algorithm={config.algorithm!r}")
       raise ValueError(f"{source}: unknown variant {flag!r}; known ablations: "
-                       f"{', '.join(sorted(ABLATIONS))} (comma-separated, e.g. "
+                       f"{', '.join(ablation_names())} (comma-separated, e.g. "
                        f"--config={source}:no_snl,no_attention)")
-    if flag in ("fixed_threshold", "no_snl") and "use_dta" not in config.algo:
-      raise ValueError(f"{source}: variant {flag!r} applies to dta_snl/dtm, not "
-                       f"config.algorithm={config.algorithm!r}")
-    if flag == "fixed_threshold":
-      config.algo.use_dta = False
-    elif flag == "no_snl":
-      config.algo.use_snl = False
-    elif flag == "no_attention":
-      config.model.attention = False
-    elif flag == "no_feature_dropout":
-      config.model.feature_dropout = 0.0
-    elif flag == "no_balance":
-      config.data.class_balanced = False
+    for path, value in ablation.settings.items():
+      *parents, leaf = path.split(".")
+      node = config
+      for key in parents:
+        node = node[key]
+      if leaf not in node:
+        raise ValueError(f"{source}: ablation {flag!r} sets config.{path}, which "
+                         f"config.algorithm={config.algorithm!r} does not have")
+      node[leaf] = value
   return config
 
 

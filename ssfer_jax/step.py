@@ -3,12 +3,14 @@
 A batch is a dict of arrays (global batch; split over the mesh's data axis):
 
   x_lb (B,H,W,C) uint8, y_lb (B,) int32               labeled, weak view
-  x_ulb_w, x_ulb_s, [x_ulb_w2] (U,H,W,C) uint8          unlabeled views the algorithm asks for
+  x_<view> (U,H,W,C) uint8                             each unlabeled view the algorithm asks
+                                                       for (data/views.py: x_ulb_w, x_ulb_s, ...)
   idx_ulb (U,) int32, y_ulb (U,) int32 (-1 = unknown)    unlabeled index / true label (diagnostics)
 
 Images travel as uint8 and are normalised here, on the device (``data/images.normalize``,
 the rule prediction and export share). The step knows the
-algorithm interface (``algorithms/base.py``), never an algorithm's name.
+algorithm interface (``algorithms/base.py``), never an algorithm's or a view's name:
+the student's and the pseudo-label source's outputs reach the algorithm keyed by view.
 """
 
 from __future__ import annotations
@@ -112,21 +114,20 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
                 if from_student else teacher)
       step_inputs = StepInputs(
           logits_lb=logits_lb, y_lb=y_lb,
-          logits_ulb_s=student["ulb_s"]["logits"] if "ulb_s" in student else None,
-          logits_ulb_w=source["ulb_w"]["logits"],
+          student={v: student[v] for v in student_views},
+          pseudo={v: source[v]["logits"] for v in pseudo_views},
           teacher_logits_lb=((teacher if stats_from_teacher else source)["lb"]["logits"]
                              if teacher_on_labeled else None),
           idx_ulb=batch["idx_ulb"].astype(jnp.int32), y_ulb=batch["y_ulb"].astype(jnp.int32),
           step=state.step, epoch=state.step.astype(jnp.float32) / steps_per_epoch,
           steps_per_epoch=steps_per_epoch,
-          logits_ulb_w2=source["ulb_w2"]["logits"] if "ulb_w2" in source else None,
-          student_ulb_w=student.get("ulb_w") if "ulb_w" in student_views else None,
-          student_ulb_w2=student.get("ulb_w2") if "ulb_w2" in student_views else None,
-          student_ulb_s=student.get("ulb_s"),
       )
       out_u = algorithm.unlabeled_loss(state.algo, step_inputs, algo_cfg)
+      algo_metrics = dict(out_u.metrics)
+      if out_u.thresholds is not None:  # the one key of per-class thresholds (algo/tau/<class>)
+        algo_metrics["tau"] = out_u.thresholds
       aux = dict(batch_stats=mutated["batch_stats"], algo=out_u.state, loss_x=loss_x,
-                 loss_u=out_u.loss, algo_metrics=out_u.metrics, mask=out_u.mask,
+                 loss_u=out_u.loss, algo_metrics=algo_metrics, mask=out_u.mask,
                  pseudo=out_u.pseudo_labels)
       return weight_x * loss_x + out_u.loss, aux
 

@@ -63,19 +63,20 @@ def make_inputs(logits_w, *, logits_s=None, idx=None, y_lb=None, teacher_lb=None
   u, c = logits_w.shape
   y_lb = jnp.zeros((1,), jnp.int32) if y_lb is None else jnp.asarray(y_lb, jnp.int32)
   lb = jnp.zeros((y_lb.shape[0], c)) if logits_lb is None else jnp.asarray(logits_lb, jnp.float32)
+  pseudo = {"ulb_w": logits_w}
+  if logits_w2 is not None:
+    pseudo["ulb_w2"] = jnp.asarray(logits_w2, jnp.float32)
+  student = {"ulb_s": {"logits": jnp.zeros((u, c)) if logits_s is None
+                       else jnp.asarray(logits_s, jnp.float32)}}
+  for view, feats in (("ulb_w", feats_w), ("ulb_w2", feats_w2)):
+    if feats is not None:
+      student[view] = {"logits": logits_w, "features": jnp.asarray(feats, jnp.float32)}
   return StepInputs(
-      logits_lb=lb, y_lb=y_lb,
-      logits_ulb_s=jnp.zeros((u, c)) if logits_s is None else jnp.asarray(logits_s, jnp.float32),
-      logits_ulb_w=logits_w,
+      logits_lb=lb, y_lb=y_lb, student=student, pseudo=pseudo,
       teacher_logits_lb=None if teacher_lb is None else jnp.asarray(teacher_lb, jnp.float32),
       idx_ulb=jnp.arange(u, dtype=jnp.int32) if idx is None else jnp.asarray(idx, jnp.int32),
       y_ulb=jnp.full((u,), -1, jnp.int32), step=jnp.int32(step),
-      epoch=jnp.float32(step / steps_per_epoch), steps_per_epoch=steps_per_epoch,
-      logits_ulb_w2=None if logits_w2 is None else jnp.asarray(logits_w2, jnp.float32),
-      student_ulb_w=None if feats_w is None else {"logits": logits_w,
-                                                  "features": jnp.asarray(feats_w, jnp.float32)},
-      student_ulb_w2=None if feats_w2 is None else {"logits": logits_w,
-                                                    "features": jnp.asarray(feats_w2, jnp.float32)})
+      epoch=jnp.float32(step / steps_per_epoch), steps_per_epoch=steps_per_epoch)
 
 
 _JITTED = {}

@@ -26,13 +26,15 @@ LN4 = math.log(4.0)
 def _inputs(p_w, p_w2=None, logits_s=None, step=0, spe=10):
   logits_w = jnp.log(jnp.asarray(p_w, jnp.float32))
   u, c = logits_w.shape
+  pseudo = {"ulb_w": logits_w}
+  if p_w2 is not None:
+    pseudo["ulb_w2"] = jnp.log(jnp.asarray(p_w2, jnp.float32))
+  logits_s = jnp.zeros((u, c)) if logits_s is None else jnp.asarray(logits_s, jnp.float32)
   return StepInputs(
       logits_lb=jnp.zeros((2, c)), y_lb=jnp.zeros((2,), jnp.int32),
-      logits_ulb_s=jnp.zeros((u, c)) if logits_s is None else jnp.asarray(logits_s, jnp.float32),
-      logits_ulb_w=logits_w, teacher_logits_lb=jnp.zeros((2, c)),
+      student={"ulb_s": {"logits": logits_s}}, pseudo=pseudo, teacher_logits_lb=jnp.zeros((2, c)),
       idx_ulb=jnp.arange(u, dtype=jnp.int32), y_ulb=jnp.full((u,), -1, jnp.int32),
-      step=jnp.int32(step), epoch=jnp.float32(step / spe), steps_per_epoch=spe,
-      logits_ulb_w2=None if p_w2 is None else jnp.log(jnp.asarray(p_w2, jnp.float32)))
+      step=jnp.int32(step), epoch=jnp.float32(step / spe), steps_per_epoch=spe)
 
 
 # Two weak views of 4 unlabeled samples, C = 4, every threshold at DTM's initial 0.8:
@@ -84,7 +86,7 @@ def test_dta_snl_two_view_option_needs_the_view():
   cfg = dta.default_config()
   cfg.pseudo_from_two_views = True
   assert dta.pseudo_views_for(cfg) == ("ulb_w", "ulb_w2")
-  with pytest.raises(ValueError, match="pseudo_from_two_views=True needs the second weak view"):
+  with pytest.raises(ValueError, match="did not run on view 'ulb_w2'.*pseudo_views"):
     dta.unlabeled_loss(dta.init_state(cfg, 4, 4), _inputs(P_W), cfg)
 
 

@@ -96,8 +96,8 @@ def inputs(step=0, **kw):
   rng = np.random.default_rng(1)
   d = dict(logits_lb=rng.normal(size=(4, 3)).astype(np.float32),
            y_lb=np.array([0, 1, 2, 0], np.int32),
-           logits_ulb_s=rng.normal(size=(6, 3)).astype(np.float32),
-           logits_ulb_w=(3 * rng.normal(size=(6, 3))).astype(np.float32),
+           student={"ulb_s": {"logits": rng.normal(size=(6, 3)).astype(np.float32)}},
+           pseudo={"ulb_w": (3 * rng.normal(size=(6, 3))).astype(np.float32)},
            teacher_logits_lb=(3 * rng.normal(size=(4, 3))).astype(np.float32),
            idx_ulb=np.arange(6, dtype=np.int32), y_ulb=np.array([0, 1, 2, -1, 0, 1], np.int32),
            step=jnp.int32(step), epoch=jnp.float32(step / 5), steps_per_epoch=5)
@@ -114,11 +114,11 @@ def test_teacher_gets_no_gradient_student_does():
   inp = inputs(step=3)
 
   def total(lw, tl, ls):
-    return algo.unlabeled_loss(state, inp._replace(logits_ulb_w=lw, teacher_logits_lb=tl,
-                                                   logits_ulb_s=ls), cfg).loss
+    return algo.unlabeled_loss(state, inp._replace(pseudo={"ulb_w": lw}, teacher_logits_lb=tl,
+                                                   student={"ulb_s": {"logits": ls}}), cfg).loss
 
-  gw, gt, gs = jax.grad(total, argnums=(0, 1, 2))(inp.logits_ulb_w, inp.teacher_logits_lb,
-                                                  inp.logits_ulb_s)
+  gw, gt, gs = jax.grad(total, argnums=(0, 1, 2))(inp.pseudo["ulb_w"], inp.teacher_logits_lb,
+                                                  inp.student["ulb_s"]["logits"])
   np.testing.assert_array_equal(gw, 0.0)
   np.testing.assert_array_equal(gt, 0.0)
   assert np.abs(gs).sum() > 0
@@ -148,9 +148,9 @@ def test_fixed_threshold_ablation_and_no_snl():
   state = algo.init_state(cfg, 3, 6)
   inp = inputs()
   out = algo.unlabeled_loss(state, inp, cfg)
-  np.testing.assert_array_equal(out.metrics["tau"], np.full(3, 0.7, np.float32))
+  np.testing.assert_array_equal(out.thresholds, np.full(3, 0.7, np.float32))
   jax.tree.map(np.testing.assert_array_equal, out.state, state)
-  conf = np.max(jax.nn.softmax(inp.logits_ulb_w), -1)
+  conf = np.max(jax.nn.softmax(inp.pseudo["ulb_w"]), -1)
   np.testing.assert_array_equal(out.mask, (conf >= np.float32(0.7)).astype(np.float32))
   assert "loss_neg" not in out.metrics
   np.testing.assert_allclose(out.loss, out.metrics["loss_u"])

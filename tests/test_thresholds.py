@@ -156,10 +156,10 @@ def make_batches(n_steps):
     out.append(dict(
         logits_lb=rng.normal(size=(B, C)).astype(np.float32),
         y_lb=y_lb,
-        logits_ulb_s=rng.normal(size=(U, C)).astype(np.float32),
-        logits_ulb_w=(4 * rng.normal(size=(U, C))).astype(np.float32),
+        student={"ulb_s": {"logits": rng.normal(size=(U, C)).astype(np.float32)}},
         # dtm's second weak view (dta_snl's default reads one view and ignores it)
-        logits_ulb_w2=(4 * rng.normal(size=(U, C))).astype(np.float32),
+        pseudo={"ulb_w": (4 * rng.normal(size=(U, C))).astype(np.float32),
+                "ulb_w2": (4 * rng.normal(size=(U, C))).astype(np.float32)},
         teacher_logits_lb=(rng.normal(size=(B, C)) + hint).astype(np.float32),
         idx_ulb=np.arange(U, dtype=np.int32),
         y_ulb=np.where(rng.random(U) < 0.5, rng.integers(0, C, U), -1).astype(np.int32)))
@@ -183,7 +183,7 @@ def step_fn(name, cfg):
     inputs = StepInputs(step=step, epoch=step.astype(jnp.float32) / SPE, steps_per_epoch=SPE,
                         **batch)
     out = algo.unlabeled_loss(state, inputs, cfg)
-    return out.state, (out.loss, out.mask, out.metrics)
+    return out.state, (out.loss, out.mask, dict(out.metrics, thresholds=out.thresholds))
 
   return f
 
@@ -213,9 +213,9 @@ def test_jit_equals_eager_and_thresholds_move(name):
     assert "loss_neg" not in eager[0][1][2]
   else:
     metrics = eager[-1][1][2]
-    assert set(metrics) >= {"tau", "loss_u", "loss_neg", "num_complementary",
+    assert set(metrics) >= {"thresholds", "loss_u", "loss_neg", "num_complementary",
                             "neg_selected_rate", "complementary_error"}
-    assert metrics["tau"].shape == (C,)
+    assert metrics["thresholds"].shape == (C,)
 
 
 def _sharded_roll(name, devices):

@@ -129,8 +129,8 @@ def _nan_after(step_limit):
   def unlabeled_loss(state, inputs, cfg):
     del cfg
     bad = jnp.where(inputs.step >= step_limit, jnp.nan, 0.0)
-    u = inputs.logits_ulb_w.shape[0]
-    return UnlabeledOutput(loss=bad + 0.0 * jnp.sum(inputs.logits_ulb_s), state=state,
+    u = inputs.pseudo_logits("ulb_w").shape[0]
+    return UnlabeledOutput(loss=bad + 0.0 * jnp.sum(inputs.student_logits("ulb_s")), state=state,
                            mask=jnp.zeros(u), pseudo_labels=jnp.zeros(u, jnp.int32), metrics={})
   return Algorithm(name="nan_after", default_config=ml_collections.ConfigDict,
                    init_state=no_state, unlabeled_loss=unlabeled_loss)

@@ -97,25 +97,22 @@ def simclr_loss(f1, f2, valid, temperature, base_temperature=0.07):
 
 
 def unlabeled_loss(state, inputs, cfg):
-  if inputs.logits_ulb_w2 is None or inputs.student_ulb_w is None or inputs.student_ulb_w2 is None:
-    raise ValueError("adacm needs the second weak view 'ulb_w2' and the student's outputs on "
-                     "'ulb_w' and 'ulb_w2' (StepInputs.logits_ulb_w2 / student_ulb_w / "
-                     "student_ulb_w2)")
-  num_classes = inputs.logits_ulb_w.shape[-1]
-  conf, pseudo, _ = two_view_confidence(inputs.logits_ulb_w, inputs.logits_ulb_w2)
+  logits_w = inputs.pseudo_logits("ulb_w")
+  num_classes = logits_w.shape[-1]
+  conf, pseudo, _ = two_view_confidence(logits_w, inputs.pseudo_logits("ulb_w2"))
   mask = thresholds.threshold_mask(conf, pseudo, state["tau"])
-  loss_u = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
-  loss_con = simclr_loss(inputs.student_ulb_w["features"], inputs.student_ulb_w2["features"],
+  loss_u = cfg.lambda_u * masked_mean_ce(inputs.student_logits("ulb_s"), pseudo, mask)
+  loss_con = simclr_loss(inputs.student_features("ulb_w"), inputs.student_features("ulb_w2"),
                          1.0 - mask, cfg.temperature, cfg.base_temperature)
   batch_sum, batch_count = thresholds.labeled_correct_stats(inputs.teacher_logits_lb,
                                                             inputs.y_lb, num_classes)
   new_state = thresholds.update(state, batch_sum, batch_count, THRESHOLD_OPTIONS,
                                 step=inputs.step, steps_per_epoch=epoch_length(inputs, cfg))
   loss = loss_u + cfg.lambda_con * loss_con
-  metrics = {"loss_u": loss_u, "loss_con": loss_con, "tau": state["tau"],
+  metrics = {"loss_u": loss_u, "loss_con": loss_con,
              "low_confidence_rate": jnp.mean(1.0 - mask)}
   return UnlabeledOutput(loss=loss, state=new_state, mask=mask, pseudo_labels=pseudo,
-                         metrics=metrics)
+                         metrics=metrics, thresholds=state["tau"])
 
 
 ADACM = Algorithm(name="adacm", default_config=default_config, init_state=init_state,

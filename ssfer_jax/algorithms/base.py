@@ -6,10 +6,11 @@ by name; it only
 
 1. runs the student on the views the algorithm asks for (``student_views``, with
    gradients) and the pseudo-label source (EMA teacher or the student with a stop-
-   gradient, ``config.pseudo_label_source``) on ``pseudo_views``;
+   gradient, ``config.pseudo_label_source``) on ``pseudo_views``, and hands their outputs
+   over keyed by view name (``StepInputs.student`` / ``.pseudo``);
 2. calls ``unlabeled_loss(state, inputs, cfg)`` which returns the (already weighted)
    unlabeled loss, the algorithm's new state, the per-sample mask/weight and
-   pseudo-labels, and any diagnostics;
+   pseudo-labels, its per-class thresholds if it has any, and any diagnostics;
 3. adds ``lambda_x * CE(labeled)``.
 
 Everything an algorithm computes runs inside the compiled step, on the *global* batch:
@@ -21,7 +22,7 @@ device and equal to a one-device run on the same global batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,27 +32,47 @@ PyTree = Any
 
 
 class StepInputs(NamedTuple):
-  """What an algorithm may read. Shapes: B labeled, U unlabeled, C classes.
+  """What an algorithm may read. Shapes: B labeled, U unlabeled, C classes; float32 logits.
 
-  logits_*: float32. ``logits_ulb_w`` / ``logits_ulb_w2`` / ``teacher_logits_lb`` come from
-  the pseudo-label source (``teacher_logits_lb`` from the EMA teacher instead with
-  ``config.threshold_stats_source='teacher'``) and carry no gradient; ``logits_lb``,
-  ``logits_ulb_s`` and the ``student_*`` entries are the student's, with gradient.
+  The unlabeled views are mappings keyed by view name (``data/views.py``), so a method
+  that asks for a new view reads it here without a new field:
+
+  ``student``: ``{view: {'logits', 'features'}}`` for every view in ``student_views``, the
+  student's outputs WITH gradient. ``pseudo``: ``{view: logits}`` for every view in
+  ``pseudo_views_for(cfg)``, the pseudo-label source's (EMA teacher, or the student under a
+  stop-gradient with ``config.pseudo_label_source='student'``), without gradient.
+  ``teacher_logits_lb`` is the pseudo-label source's on the labeled batch (the EMA teacher
+  instead with ``config.threshold_stats_source='teacher'``), None unless the method asks
+  for it (``needs_teacher_on_labeled``); ``logits_lb`` the student's, with gradient.
   """
   logits_lb: jax.Array              # (B, C) student, labeled weak view
   y_lb: jax.Array                   # (B,) int32
-  logits_ulb_s: jax.Array           # (U, C) student, unlabeled strong view (None if unused)
-  logits_ulb_w: jax.Array           # (U, C) pseudo-label source, unlabeled weak view
-  teacher_logits_lb: jax.Array      # (B, C) pseudo-label source, labeled weak view
+  student: Mapping[str, dict]       # view -> {'logits': (U, C), 'features': (U, D)}
+  pseudo: Mapping[str, jax.Array]   # view -> (U, C) pseudo-label source logits
+  teacher_logits_lb: Optional[jax.Array]  # (B, C) pseudo-label source, labeled weak view
   idx_ulb: jax.Array                # (U,) int32 index of each unlabeled sample in its dataset
   y_ulb: jax.Array                  # (U,) int32 true label, -1 where unknown; diagnostics only
   step: jax.Array                   # () int32, the step being taken (0-based)
   epoch: jax.Array                  # () float32, step / steps_per_epoch
   steps_per_epoch: int              # static
-  logits_ulb_w2: Optional[jax.Array] = None      # (U, C) pseudo source, second weak view
-  student_ulb_w: Optional[dict] = None           # student outputs ('logits','features') on weak
-  student_ulb_w2: Optional[dict] = None          # ... on the second weak view
-  student_ulb_s: Optional[dict] = None           # ... on the strong view (features included)
+
+  def student_logits(self, view: str) -> jax.Array:
+    """The student's logits on ``view``; a clear error when the method did not ask for it."""
+    return _view(self.student, view, "student", "student_views")["logits"]
+
+  def student_features(self, view: str) -> jax.Array:
+    return _view(self.student, view, "student", "student_views")["features"]
+
+  def pseudo_logits(self, view: str) -> jax.Array:
+    """The pseudo-label source's logits on ``view`` (no gradient)."""
+    return _view(self.pseudo, view, "pseudo-label source", "pseudo_views")
+
+
+def _view(table, view, who, field):
+  if view not in table:
+    raise ValueError(f"the {who} did not run on view {view!r} (it ran on {sorted(table)}); "
+                     f"add it to the algorithm's {field}")
+  return table[view]
 
 
 class UnlabeledOutput(NamedTuple):
@@ -60,6 +81,22 @@ class UnlabeledOutput(NamedTuple):
   mask: jax.Array            # (U,) float32 per-sample weight in [0, 1] of the pseudo-label loss
   pseudo_labels: jax.Array   # (U,) int32
   metrics: dict              # name -> scalar or small (C,) array, all jnp
+  # (C,) float32 per-class thresholds this step's mask used, or None for a method without
+  # them; the step logs them under the one key ``algo/tau`` (files: ``algo/tau/<class>``),
+  # which thresholds.png and the report's threshold chart read.
+  thresholds: Optional[jax.Array] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """A named variant flag (``--config=FILE:no_snl``): ``settings`` maps dotted config paths
+  (``'algo.use_snl'``, ``'model.attention'``) to the value the flag sets; ``effect`` is the
+  line ``--list`` shows (default: the settings themselves)."""
+  settings: Mapping[str, Any]
+  effect: str = ""
+
+  def describe(self) -> str:
+    return self.effect or ", ".join(f"config.{k}={v!r}" for k, v in self.settings.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +115,13 @@ class Algorithm:
     function of ``config.algo`` (DTA needs it only for the 'labeled_correct' statistic);
     read it through ``teacher_on_labeled(algo_cfg)``.
   labeled_supervision_weight: multiplies lambda_x (Ada-CM uses 0.5).
+  new_views: views this method introduces, ``{name: augmentation}`` (e.g.
+    ``{'ulb_s2': 'strong'}``); the standard ones ('ulb_w', 'ulb_w2', 'ulb_s') are in the
+    one view table, ``data/views.VIEWS``, and need no entry. The input pipeline makes every
+    view of ``views_for(cfg)`` with its augmentation; the step feeds it to
+    ``StepInputs.student`` / ``pseudo``. A new view touches only the method's own file.
+  ablations: the method's variant flags, ``{flag: Ablation}`` (e.g. dta_snl's ``no_snl``);
+    ``config.apply_ablations`` and ``--list`` read them next to the model/data ones.
   """
   name: str
   default_config: Callable[[], ml_collections.ConfigDict]
@@ -91,6 +135,8 @@ class Algorithm:
   uses_unlabeled: bool = True
   uses_all_labels: bool = False
   labeled_supervision_weight: float = 1.0
+  new_views: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
+  ablations: Mapping[str, Ablation] = dataclasses.field(default_factory=dict, hash=False)
 
   def teacher_on_labeled(self, algo_cfg) -> bool:
     """Whether the pseudo-label source must also run on the labeled batch."""

@@ -1,4 +1,5 @@
-"""The project's method, DTA + SNL (SPEC §1), and its 2023 predecessor DTM (SPEC §2).
+"""The project's method, DTA + SNL (SPEC §1); its 2023 predecessor DTM (SPEC §2), the same
+machinery with other settings, is the record in ``dtm.py``.
 
 ``dta_snl`` (Cai et al., 2026): the pseudo-label source (EMA teacher by default) labels
 the weak view of every unlabeled sample; samples whose confidence passes their class's
@@ -55,11 +56,12 @@ Hyper-parameters (``config.algo``):
   neg_rampup_steps        linear ramp-up of lambda_neg (0: full weight at once)
   neg_eps                 eps in log(1 - p + eps)
 
-Metrics (``UnlabeledOutput.metrics``): ``tau`` (C,) the thresholds used for this step's
-mask, ``loss_u`` (weighted positive loss); with SNL: ``loss_neg`` (unweighted L_neg),
-``neg_weight`` (lambda_neg * ramp), ``num_complementary`` (complementary labels per
-unlabeled sample), ``neg_selected_rate`` and ``complementary_error`` (fraction of
-complementary labels equal to the true class, over samples with a known label, y >= 0).
+``UnlabeledOutput.thresholds``: the (C,) thresholds used for this step's mask (logged as
+``algo/tau``). Metrics (``UnlabeledOutput.metrics``): ``loss_u`` (weighted positive loss);
+with SNL: ``loss_neg`` (unweighted L_neg), ``neg_weight`` (lambda_neg * ramp),
+``num_complementary`` (complementary labels per unlabeled sample), ``neg_selected_rate`` and
+``complementary_error`` (fraction of complementary labels equal to the true class, over
+samples with a known label, y >= 0).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssfer_jax.algorithms import snl, thresholds
-from ssfer_jax.algorithms.base import (Algorithm, UnlabeledOutput, confidence_and_label,
+from ssfer_jax.algorithms.base import (Ablation, Algorithm, UnlabeledOutput, confidence_and_label,
                                        epoch_length, linear_rampup, masked_mean_ce,
                                        two_view_confidence)
 
@@ -100,25 +102,6 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def dtm_default_config() -> ml_collections.ConfigDict:
-  """DTM (2023): m = 0.9 once per epoch, floor 0.8, labeled-correct statistics, reset rule,
-  no ceiling below 1, no SNL, two weak views, ``L_x + 0.5 L_u``. Same keys as ``dta_snl``
-  (it is the same machinery)."""
-  c = default_config()
-  c.pseudo_from_two_views = True
-  c.lambda_u = 0.5
-  c.threshold_source = "labeled_correct"
-  c.threshold_cadence = "epoch"
-  c.threshold_momentum = 0.9
-  c.threshold_min = 0.8
-  c.threshold_max = 1.0
-  c.threshold_init = 0.8
-  c.threshold_dtm_reset = True
-  c.threshold_reset_value = 0.8
-  c.use_snl = False
-  return c
-
-
 def threshold_options(cfg) -> thresholds.ThresholdOptions:
   """``config.algo`` -> the static options of the threshold machinery."""
   return thresholds.ThresholdOptions(
@@ -136,13 +119,10 @@ def init_state(cfg, num_classes: int, num_unlabeled: int):
 
 def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
   """One step of DTA (+ SNL); see the module docstring."""
-  logits_w = jax.lax.stop_gradient(inputs.logits_ulb_w)
+  logits_w = jax.lax.stop_gradient(inputs.pseudo_logits("ulb_w"))
   if cfg.pseudo_from_two_views:
-    if inputs.logits_ulb_w2 is None:
-      raise ValueError("config.algo.pseudo_from_two_views=True needs the second weak view "
-                       "'ulb_w2' (StepInputs.logits_ulb_w2)")
-    conf, pseudo, probs = two_view_confidence(logits_w,
-                                              jax.lax.stop_gradient(inputs.logits_ulb_w2))
+    conf, pseudo, probs = two_view_confidence(
+        logits_w, jax.lax.stop_gradient(inputs.pseudo_logits("ulb_w2")))
   else:
     conf, pseudo, probs = confidence_and_label(logits_w)
   num_classes = logits_w.shape[-1]
@@ -163,21 +143,22 @@ def unlabeled_loss(state, inputs, cfg) -> UnlabeledOutput:
     tau = jnp.full((num_classes,), cfg.fixed_tau, jnp.float32)
 
   mask = thresholds.threshold_mask(conf, pseudo, tau)
-  loss_u = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
+  logits_s = inputs.student_logits("ulb_s")
+  loss_u = cfg.lambda_u * masked_mean_ce(logits_s, pseudo, mask)
   loss = loss_u
-  metrics = {"tau": tau, "loss_u": loss_u}
+  metrics = {"loss_u": loss_u}
 
   if cfg.use_snl:
     comp = snl.complementary_set(probs, tau_neg=float(cfg.tau_neg), k=int(cfg.k))
     selected = snl.selected_samples(comp, mask)
-    loss_neg = snl.negative_loss(inputs.logits_ulb_s, comp, selected, eps=float(cfg.neg_eps))
+    loss_neg = snl.negative_loss(logits_s, comp, selected, eps=float(cfg.neg_eps))
     weight = cfg.lambda_neg * linear_rampup(inputs.step, int(cfg.neg_rampup_steps))
     loss = loss + weight * loss_neg
     metrics.update(loss_neg=loss_neg, neg_weight=jnp.asarray(weight, jnp.float32),
                    **snl.snl_metrics(comp, selected, inputs.y_ulb))
 
   return UnlabeledOutput(loss=loss, state=new_state, mask=mask, pseudo_labels=pseudo,
-                         metrics=metrics)
+                         metrics=metrics, thresholds=tau)
 
 
 def pseudo_views(cfg) -> tuple[str, ...]:
@@ -191,9 +172,13 @@ def needs_teacher_on_labeled(cfg) -> bool:
   return bool(cfg.use_dta) and cfg.threshold_source == "labeled_correct"
 
 
+# The variant flags of this machinery (``--config=FILE:no_snl``); dtm shares them.
+ABLATIONS = {
+    "fixed_threshold": Ablation({"algo.use_dta": False}, "config.algo.use_dta=False (fixed "
+                                "threshold config.algo.fixed_tau)"),
+    "no_snl": Ablation({"algo.use_snl": False}),
+}
+
 DTA_SNL = Algorithm(name="dta_snl", default_config=default_config, init_state=init_state,
                     unlabeled_loss=unlabeled_loss, pseudo_views=pseudo_views,
-                    needs_teacher_on_labeled=needs_teacher_on_labeled)
-DTM = Algorithm(name="dtm", default_config=dtm_default_config, init_state=init_state,
-                unlabeled_loss=unlabeled_loss, pseudo_views=pseudo_views,
-                needs_teacher_on_labeled=needs_teacher_on_labeled)
+                    needs_teacher_on_labeled=needs_teacher_on_labeled, ablations=ABLATIONS)

@@ -28,12 +28,12 @@ def soft_cross_entropy(logits, targets):
 
 
 def unlabeled_loss(state, inputs, cfg):
-  conf, pseudo, probs = confidence_and_label(inputs.logits_ulb_w)
+  conf, pseudo, probs = confidence_and_label(inputs.pseudo_logits("ulb_w"))
   mask = (conf >= jnp.float32(cfg.tau)).astype(jnp.float32)
   if cfg.hard_label:
-    loss = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
+    loss = cfg.lambda_u * masked_mean_ce(inputs.student_logits("ulb_s"), pseudo, mask)
   else:
-    loss = cfg.lambda_u * jnp.mean(mask * soft_cross_entropy(inputs.logits_ulb_s, probs))
+    loss = cfg.lambda_u * jnp.mean(mask * soft_cross_entropy(inputs.student_logits("ulb_s"), probs))
   return UnlabeledOutput(loss=loss, state=state, mask=mask, pseudo_labels=pseudo,
                          metrics={"loss_u": loss})
 

@@ -80,7 +80,7 @@ def learning_effect(selected, beta_prev, num_classes, thresh_warmup):
 
 
 def unlabeled_loss(state, inputs, cfg):
-  conf, pseudo, probs = confidence_and_label(inputs.logits_ulb_w)
+  conf, pseudo, probs = confidence_and_label(inputs.pseudo_logits("ulb_w"))
   num_classes = probs.shape[-1]
   beta_prev = state["beta"]
   threshold = flex_threshold(beta_prev, cfg.tau)
@@ -88,11 +88,10 @@ def unlabeled_loss(state, inputs, cfg):
   select = conf >= jnp.float32(cfg.tau)
   selected = scatter_last(state["selected"], inputs.idx_ulb.astype(jnp.int32), pseudo, select)
   beta = learning_effect(selected, beta_prev, num_classes, bool(cfg.thresh_warmup))
-  loss = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
-  metrics = {"loss_u": loss, "class_threshold": threshold,
-             "selected_fraction": jnp.mean((selected >= 0).astype(jnp.float32))}
+  loss = cfg.lambda_u * masked_mean_ce(inputs.student_logits("ulb_s"), pseudo, mask)
+  metrics = {"loss_u": loss, "selected_fraction": jnp.mean((selected >= 0).astype(jnp.float32))}
   return UnlabeledOutput(loss=loss, state={"selected": selected, "beta": beta}, mask=mask,
-                         pseudo_labels=pseudo, metrics=metrics)
+                         pseudo_labels=pseudo, metrics=metrics, thresholds=threshold)
 
 
 FLEXMATCH = Algorithm(name="flexmatch", default_config=default_config, init_state=init_state,

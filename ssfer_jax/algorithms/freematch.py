@@ -96,18 +96,18 @@ def fairness_loss(mask, logits_s, p_model, label_hist):
 
 
 def unlabeled_loss(state, inputs, cfg):
-  conf, pseudo, probs = confidence_and_label(inputs.logits_ulb_w)
+  conf, pseudo, probs = confidence_and_label(inputs.pseudo_logits("ulb_w"))
   state = update_statistics(state, probs, cfg)
   mask = sat_mask(state, conf, pseudo)
-  loss_u = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, mask)
-  loss_fair = fairness_loss(mask, inputs.logits_ulb_s, state["p_model"], state["label_hist"])
+  logits_s = inputs.student_logits("ulb_s")
+  loss_u = cfg.lambda_u * masked_mean_ce(logits_s, pseudo, mask)
+  loss_fair = fairness_loss(mask, logits_s, state["p_model"], state["label_hist"])
   sign = -1.0 if cfg.flip_fairness_sign else 1.0
   loss = loss_u + sign * cfg.lambda_fair * loss_fair
   mod = state["p_model"] / jnp.max(state["p_model"])
-  metrics = {"loss_u": loss_u, "loss_fair": loss_fair, "time_p": state["time_p"],
-             "class_threshold": state["time_p"] * mod}
+  metrics = {"loss_u": loss_u, "loss_fair": loss_fair, "time_p": state["time_p"]}
   return UnlabeledOutput(loss=loss, state=state, mask=mask, pseudo_labels=pseudo,
-                         metrics=metrics)
+                         metrics=metrics, thresholds=state["time_p"] * mod)
 
 
 FREEMATCH = Algorithm(name="freematch", default_config=default_config, init_state=init_state,

@@ -66,7 +66,7 @@ def truncated_gaussian_weight(conf, mu, var, n_sigma):
 
 
 def unlabeled_loss(state, inputs, cfg):
-  conf_raw, pseudo, probs = confidence_and_label(inputs.logits_ulb_w)
+  conf_raw, pseudo, probs = confidence_and_label(inputs.pseudo_logits("ulb_w"))
   if probs.shape[0] < 2:
     raise ValueError("softmatch needs >= 2 unlabeled samples per global batch for its unbiased "
                      f"variance, got {probs.shape[0]}: raise config.data.batch_size * uratio")
@@ -83,7 +83,7 @@ def unlabeled_loss(state, inputs, cfg):
   var = state["var"] * m + (1.0 - m) * jnp.var(conf, ddof=1)
   new_state.update(mu=mu, var=var)
   weight = truncated_gaussian_weight(conf, mu, var, cfg.n_sigma)
-  loss = cfg.lambda_u * masked_mean_ce(inputs.logits_ulb_s, pseudo, weight)
+  loss = cfg.lambda_u * masked_mean_ce(inputs.student_logits("ulb_s"), pseudo, weight)
   metrics = {"loss_u": loss, "mu": mu, "var": var}
   return UnlabeledOutput(loss=loss, state=new_state, mask=weight, pseudo_labels=pseudo,
                          metrics=metrics)

@@ -1,7 +1,8 @@
 """Grain input pipeline: labeled and unlabeled training streams, and the test batches.
 
     source --[per-host slice]--> shuffle / class-balanced order --> repeat
-           --> random_map(views: weak / strong / second weak) --> batch(local batch)
+           --> random_map(views: weak / strong / second weak, from data/views.py)
+           --> batch(local batch)
 
 Each stream is a ``grain.MapDataset`` turned into a checkpointable iterator; the two
 iterator states are saved with the train state (``checkpoint.py``), so a resumed run
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 
 import grain
 import jax
 import numpy as np
 
 from ssfer_jax.data import augment, images, splits
+from ssfer_jax.data import views as views_lib
 from ssfer_jax.data.sources import SubsetSource
 
 
@@ -60,20 +63,19 @@ class LabeledView(grain.transforms.RandomMap):
 
 
 class UnlabeledViews(grain.transforms.RandomMap):
+  """Makes ``x_<view>`` for every ``{view: augmentation}`` entry (``data/views.py``), in
+  order, from one per-element generator."""
+
   def __init__(self, size, channels, pad, views, ra_n, cutout):
     self.size, self.channels, self.pad = size, channels, pad
-    self.views, self.ra_n, self.cutout = tuple(views), ra_n, cutout
+    self.views, self.ra_n, self.cutout = dict(views), ra_n, cutout
 
   def random_map(self, item, rng):
     img = images.fit(item["image"], self.size, self.channels)
     out = {"idx_ulb": np.int32(item["index"]), "y_ulb": np.int32(item.get("label", -1))}
-    for v in self.views:
-      if v in ("ulb_w", "ulb_w2"):
-        out["x_" + v] = augment.weak(img, rng, self.pad)
-      elif v == "ulb_s":
-        out["x_" + v] = augment.strong(img, rng, self.pad, self.ra_n, self.cutout)
-      else:
-        raise ValueError(f"unknown unlabeled view {v!r}")
+    for view, augmentation in self.views.items():
+      out["x_" + view] = views_lib.make(augmentation, img, rng, pad=self.pad,
+                                        randaugment_n=self.ra_n, cutout=self.cutout)
     return out
 
 
@@ -153,7 +155,10 @@ def labeled_stream(train: TrainData, config, channels: int):
 
 
 def unlabeled_stream(train: TrainData, config, channels: int, views):
+  """``views``: ``{view: augmentation}`` (``views.augmentations``), or standard view names."""
   dcfg = config.data
+  if not isinstance(views, Mapping):
+    views = views_lib.resolve(views)
   host_rows = _host_slice(len(train.unlabeled))
   local = _Reindexed(train.unlabeled, host_rows)
   ds = grain.MapDataset.source(local).seed(config.seed + 2).shuffle().repeat()
@@ -190,7 +195,8 @@ class TrainBatches:
 
   def __init__(self, train: TrainData, config, algorithm, channels: int = 3):
     self._lb_ds = labeled_stream(train, config, channels)
-    self._ulb_ds = (unlabeled_stream(train, config, channels, algorithm.views_for(config.algo))
+    self._ulb_ds = (unlabeled_stream(train, config, channels,
+                                     views_lib.augmentations(algorithm, config.algo))
                     if algorithm.uses_unlabeled else None)
     self.lb = iter(self._lb_ds)
     self.ulb = iter(self._ulb_ds) if self._ulb_ds is not None else None
