@@ -101,7 +101,7 @@ def parse(fv, argv, prog: str, doc: str, positional: str | None = None) -> list[
     args = fv([prog] + argv)[1:]
   except flags.Error as e:
     message = " ".join(str(e).split())
-    missing = re.fullmatch(r"flag (--[\w-]+)=None: Flag --[\w-]+ must have a value other than None\.",
+    missing = re.fullmatch(r"flag (--[\w-]+)=None: Flag \S+ must have a value other than None\.",
                            message)
     usage_error(f"{missing.group(1)} is required" if missing else message, prog)
   if positional is None and args:
