@@ -30,6 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_methods as cm  # noqa: E402  (bench/ is not a package)
 
+from absl import flags  # noqa: E402
 from ssfer_jax import cli, config as config_lib  # noqa: E402  (on sys.path through compare_methods)
 
 ROWS = (  # (row name, variant, method, overrides)
@@ -43,35 +44,44 @@ ROWS = (  # (row name, variant, method, overrides)
 )
 
 
+FLAGS = flags.FlagValues()  # this script's own (compare_methods.py has its own --workdir etc.)
+_CONFIG = flags.DEFINE_string("config", "configs/default.py", "base config file (no variant)",
+                              flag_values=FLAGS)
+_SEEDS = flags.DEFINE_integer("seeds", 3, "number of seeds (0, 1, ...)", lower_bound=1,
+                              flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", None, "default: the config's", lower_bound=1,
+                              flag_values=FLAGS)
+_ROWS = flags.DEFINE_string("rows", ",".join(r[0] for r in ROWS),
+                            "comma-separated rows of the table (see above)", flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ablation_dta_snl", "root of the per-run workdirs",
+                               flag_values=FLAGS)
+_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override applied to every row "
+                                 "before the row's own (repeatable)", flag_values=FLAGS)
+flags.register_validator("rows", lambda v: set(v.split(",")) <= {r[0] for r in ROWS},
+                         f"each row is one of {','.join(r[0] for r in ROWS)}", flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None):
-  p = cli.ArgumentParser(prog="bench/ablation_dta_snl.py", description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", default="configs/default.py", help="base config file (no variant)")
-  p.add_argument("--seeds", type=int, default=3)
-  p.add_argument("--steps", type=int, default=None, help="default: the config's")
-  p.add_argument("--rows", default=",".join(r[0] for r in ROWS))
-  p.add_argument("--workdir", default="runs/ablation_dta_snl")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override applied to every row before the row's own (repeatable)")
-  args = p.parse_args(argv)
-  get_config = config_lib.loader(args.config)
-  common = cm.parse_overrides(args.set)
-  rows = [r for r in ROWS if r[0] in args.rows.split(",")]
-  seeds = list(range(args.seeds))
+  cli.parse(FLAGS, argv, "bench/ablation_dta_snl.py", __doc__)
+  get_config = config_lib.loader(_CONFIG.value)
+  common = cm.parse_overrides(_SET.value)
+  rows = [r for r in ROWS if r[0] in _ROWS.value.split(",")]
+  seeds = list(range(_SEEDS.value))
   results = {name: [] for name, *_ in rows}
   specs = []
   for seed in seeds:
     for name, variant, method, overrides in rows:
-      cfg = cm.build_config(get_config, variant, method, common + list(overrides), args.steps, seed,
-                            False)
+      cfg = cm.build_config(get_config, variant, method, common + list(overrides), _STEPS.value,
+                            seed, False)
       specs.append((name, method, seed, cfg.to_json(),
-                    os.path.join(args.workdir, name, method, f"seed_{seed}")))
-  first = cm.build_config(get_config, "", rows[0][2], common, args.steps, 0, False)
+                    os.path.join(_WORKDIR.value, name, method, f"seed_{seed}")))
+  first = cm.build_config(get_config, "", rows[0][2], common, _STEPS.value, 0, False)
   context = (f"DTA + SNL ablation, dataset {first.dataset.name}, "
              f"{first.data.labels_per_class} labels per class, {first.train.num_steps} steps, "
-             f"seeds {seeds}, config {args.config}")
-  out = os.path.join(args.workdir, "table.md")
-  os.makedirs(args.workdir, exist_ok=True)
+             f"seeds {seeds}, config {_CONFIG.value}")
+  out = os.path.join(_WORKDIR.value, "table.md")
+  os.makedirs(_WORKDIR.value, exist_ok=True)
   for k, (name, method, seed, cfg_json, workdir) in enumerate(specs, 1):
     summary = cm.run_one(k, len(specs), f"{name} ({method})", seed, cfg_json, workdir)
     results[name].append(summary)

@@ -35,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from absl import flags  # noqa: E402
+
 from ssfer_jax import cli, config as config_lib  # noqa: E402
 
 DEFAULT_METHODS = ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "adacm", "dtm",
@@ -50,27 +52,29 @@ COLUMNS = (  # (header, getter over a summary dict, scale)
 )
 
 
-def parse_args(argv=None):
-  p = cli.ArgumentParser(prog="bench/compare_methods.py", description=__doc__.split("\n\n")[0])
-  p.add_argument("--config", default="configs/default.py",
-                 help="config file, optionally with ':variant' (default configs/default.py)")
-  p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                 help="comma-separated method names (default: %(default)s)")
-  p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-  p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed+1, ...")
-  p.add_argument("--steps", type=int, default=None,
-                 help="optimizer steps per run (default: the config's train.num_steps)")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override, e.g. data.labels_per_class=25 (repeatable)")
-  p.add_argument("--vary-split", action="store_true",
-                 help="also set data.split_seed to the seed (default: one labeled split for all)")
-  p.add_argument("--workdir", default=None,
-                 help="root of the per-run workdirs (default runs/compare_<time>)")
-  p.add_argument("--out", default=None, help="markdown table path (default <workdir>/table.md)")
-  p.add_argument("--jobs", type=int, default=1,
-                 help="runs at once, each in its own process (wall times then include "
-                      "contention; default 1)")
-  return p.parse_args(argv)
+FLAGS = flags.FlagValues()  # this script's own flags (ablation_dta_snl.py imports it)
+_CONFIG = flags.DEFINE_string("config", "configs/default.py", "config file, optionally with "
+                              "':variant' (default configs/default.py)", flag_values=FLAGS)
+_METHODS = flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS),
+                               "comma-separated method names", flag_values=FLAGS)
+_SEEDS = flags.DEFINE_integer("seeds", 3, "number of seeds (default 3)", lower_bound=1,
+                              flag_values=FLAGS)
+_FIRST_SEED = flags.DEFINE_integer("first-seed", 0, "seeds are first-seed, first-seed+1, ...",
+                                   flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", None,
+                              "optimizer steps per run (default: the config's train.num_steps)",
+                              lower_bound=1, flag_values=FLAGS)
+_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE config override, e.g. "
+                                 "data.labels_per_class=25 (repeatable)", flag_values=FLAGS)
+_VARY_SPLIT = flags.DEFINE_bool("vary-split", False, "also set data.split_seed to the seed "
+                                "(default: one labeled split for all)", flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "root of the per-run workdirs (default runs/compare_<time>)",
+                               flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "markdown table path (default <workdir>/table.md)",
+                           flag_values=FLAGS)
+_JOBS = flags.DEFINE_integer("jobs", 1, "runs at once, each in its own process (wall times then "
+                             "include contention; default 1)", flag_values=FLAGS)
 
 
 def parse_value(text: str):
@@ -216,38 +220,39 @@ def run_one(k, total, method, seed, config_json, workdir):
 
 @cli.guard
 def main(argv=None):
-  args = parse_args(argv)
-  path, _, variant = args.config.partition(":")
-  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  cli.parse(FLAGS, argv, "bench/compare_methods.py", __doc__)
+  path, _, variant = _CONFIG.value.partition(":")
+  methods = [m.strip() for m in _METHODS.value.split(",") if m.strip()]
   from ssfer_jax import algorithms
   unknown = [m for m in methods if m not in algorithms.names()]
   if unknown:
     raise cli.UserError(f"--methods: unknown {unknown}; known: {algorithms.names()}")
   get_config = config_lib.loader(path)
-  overrides = parse_overrides(args.set)
+  overrides = parse_overrides(_SET.value)
   algo_keys = [k for k, _ in overrides if k.startswith("algo.")]
   for key in algo_keys:
     if not any(_has_key(build_config(get_config, variant, m, [], None, 0, False), key)
                for m in methods):
       raise cli.UserError(f"--set {key}=...: no method in {methods} has config.{key}")
-  seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-  root = args.workdir or os.path.join("runs", time.strftime("compare_%Y%m%d_%H%M%S"))
-  out = args.out or os.path.join(root, "table.md")
+  seeds = list(range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value))
+  root = _WORKDIR.value or os.path.join("runs", time.strftime("compare_%Y%m%d_%H%M%S"))
+  out = _OUT.value or os.path.join(root, "table.md")
   os.makedirs(root, exist_ok=True)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
   results = {m: [] for m in methods}
   jobs = [(seed, method) for seed in seeds for method in methods]  # seed-major: a partial
   total = len(jobs)                                                # table covers every method
-  first = build_config(get_config, variant, methods[0], overrides, args.steps, seeds[0],
-                       args.vary_split)
+  first = build_config(get_config, variant, methods[0], overrides, _STEPS.value, seeds[0],
+                       _VARY_SPLIT.value)
   context = (f"dataset {first.dataset.name}, {first.data.label_protocol} labels "
              f"({first.data.num_labels or first.data.labels_per_class} "
              f"{'total' if first.data.label_protocol == 'adacm' else 'per class'}), "
-             f"{first.train.num_steps} steps, seeds {seeds}, config {args.config}")
+             f"{first.train.num_steps} steps, seeds {seeds}, config {_CONFIG.value}")
   specs = []
   for k, (seed, method) in enumerate(jobs, 1):
-    cfg = build_config(get_config, variant, method, overrides, args.steps, seed, args.vary_split)
+    cfg = build_config(get_config, variant, method, overrides, _STEPS.value, seed,
+                       _VARY_SPLIT.value)
     specs.append((k, total, method, seed, cfg.to_json(), os.path.join(root, method, f"seed_{seed}")))
   table = markdown_table(results, methods, context)
 
@@ -260,14 +265,14 @@ def main(argv=None):
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
       json.dump({"context": context, "results": results}, f, indent=2, default=str)
 
-  if args.jobs <= 1:
+  if _JOBS.value <= 1:
     for spec in specs:
       record(run_one(*spec), spec[2])
   else:
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(
-        args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        _JOBS.value, mp_context=multiprocessing.get_context("spawn")) as pool:
       futures = {pool.submit(run_one, *spec): spec[2] for spec in specs}
       for fut in concurrent.futures.as_completed(futures):
         record(fut.result(), futures[fut])

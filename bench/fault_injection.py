@@ -20,7 +20,6 @@ and ``k/N kill points bitwise-equal``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -31,8 +30,12 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from ssfer_jax import cli  # noqa: E402
 TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
         "--config.dataset.render_size=24", "--config.data.image_size=24",
         "--config.data.batch_size=8", "--config.data.uratio=2",
@@ -91,17 +94,22 @@ def final_state(workdir: str, step: int) -> dict:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+FLAGS = flags.FlagValues()
+_KILLS = flags.DEFINE_integer("kills", 8, "number of kill points", lower_bound=1, flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the kill delays", flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/ssfer_faults",
+                               "scratch directory (deleted and recreated)", flag_values=FLAGS)
+
+
+@cli.guard
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--kills", type=int, default=8)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--workdir", default="/tmp/ssfer_faults")
-  args = parser.parse_args(argv)
-  rng = random.Random(args.seed)
-  shutil.rmtree(args.workdir, ignore_errors=True)
-  os.makedirs(args.workdir)
+  cli.parse(FLAGS, argv, "bench/fault_injection.py", __doc__)
+  kills = _KILLS.value
+  rng = random.Random(_SEED.value)
+  shutil.rmtree(_WORKDIR.value, ignore_errors=True)
+  os.makedirs(_WORKDIR.value)
   log = lambda s: print(s, flush=True)
-  ref_dir = os.path.join(args.workdir, "reference")
+  ref_dir = os.path.join(_WORKDIR.value, "reference")
 
   log("reference run (never killed)")
   t0 = time.time()
@@ -115,13 +123,13 @@ def main(argv=None) -> int:
   ref_state = final_state(ref_dir, STEPS)
   ref_summary = json.load(open(os.path.join(ref_dir, "summary.json")))
   phases, equal, killed = [], 0, 0
-  for i in range(args.kills):
-    run_dir = os.path.join(args.workdir, f"kill_{i}")
+  for i in range(kills):
+    run_dir = os.path.join(_WORKDIR.value, f"kill_{i}")
     for _ in range(3):  # a run that finishes before its kill (timing varies) is redrawn
       # even points in start-up, odd ones in training (steps, evaluations, saves)
       in_training = i % 2 == 1
       delay = rng.uniform(0.0, (ref_time - first_step) if in_training else first_step)
-      log(f"kill point {i + 1}/{args.kills}: SIGKILL {delay:.1f} s after "
+      log(f"kill point {i + 1}/{kills}: SIGKILL {delay:.1f} s after "
           + ("the first progress line" if in_training else "the start"))
       shutil.rmtree(run_dir, ignore_errors=True)
       _, phase, _, _ = run_once(run_dir, delay, log, from_first_step=in_training)
@@ -143,8 +151,8 @@ def main(argv=None) -> int:
         f"{summary['wall_time_s']:.1f} (reference {ref_summary['wall_time_s']:.1f})")
   log("kill phases: " + ", ".join(f"{p}: {phases.count(p)}" for p in sorted(set(phases))))
   log(f"{equal}/{killed} kill points bitwise-equal"
-      + (f" ({args.kills - killed} runs finished before their kill)" if killed < args.kills else ""))
-  return 0 if equal == killed == args.kills else 1
+      + (f" ({kills - killed} runs finished before their kill)" if killed < kills else ""))
+  return 0 if equal == killed == kills else 1
 
 
 if __name__ == "__main__":

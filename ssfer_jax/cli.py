@@ -5,17 +5,21 @@ should read one line that names the key, file or line and says what to do, not a
 40-line traceback. ``--verbose`` on the command line or ``SSFER_DEBUG=1`` in the
 environment brings the traceback back (for bug reports).
 
-    @cli.guard                       # argparse-style mains: main(argv=None) -> int
-    def main(argv=None): ...
+    FLAGS = flags.FlagValues()       # tools: main(argv=None) -> int, callable in-process
+    _OUT = flags.DEFINE_string("out", None, "...", flag_values=FLAGS)
 
-    cli.run_absl(main)               # absl mains (flags parsed through cli.parse_flags)
+    @cli.guard
+    def main(argv=None):
+      paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.tool", __doc__, positional="PATH")
+
+    cli.run_absl(main)               # app.run mains on absl's global FLAGS (main, prepare)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
+import re
 import sys
 
 EXIT_USAGE = 2          # the user's input was wrong (bad flag, key, file, config value)
@@ -69,16 +73,51 @@ def handle(e: BaseException, argv=None) -> int:
   return EXIT_USAGE
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse with the project's error form: one ``error:`` line naming the --help."""
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
 
-  def __init__(self, *args, **kwargs):
-    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    super().__init__(*args, **kwargs)
 
-  def error(self, message):
-    fail(f"{message} (python -m {self.prog.removeprefix('python -m ')} --help lists the options)"
-         if self.prog.startswith("python -m ") else f"{message} ({self.prog} --help)")
+def usage_error(message: str, prog: str):
+  """``fail`` with a pointer to the tool's ``--help``."""
+  fail(f"{message} ({prog} --help lists the options)")
+
+
+def parse(fv, argv, prog: str, doc: str, positional: str | None = None) -> list[str]:
+  """Parses ``argv`` (no program name) into the tool's own ``flags.FlagValues`` ``fv``.
+
+  Each tool has its own ``FlagValues`` (not absl's global ``FLAGS``) so that several tools
+  can be imported in one process and ``main(argv)`` run any number of times: every call
+  starts from the defaults. Returns the positional arguments: one or more are required
+  when ``positional`` names them (e.g. ``"PATH"``), none are accepted otherwise.
+  ``--help`` prints ``doc`` and the flags and exits 0; a bad flag is one ``error:`` line.
+  """
+  from absl import flags  # absl is a dependency of the CLIs only
+  argv = list(argv)
+  options = argv[:argv.index("--")] if "--" in argv else argv
+  if any(a in HELP_FLAGS for a in options):
+    print(help_text(fv, prog, doc, positional))
+    sys.exit(0)
+  fv.unparse_flags()
+  try:
+    args = fv([prog] + argv)[1:]
+  except flags.Error as e:
+    message = " ".join(str(e).split())
+    missing = re.fullmatch(r"flag (--[\w-]+)=None: Flag \S+ must have a value other than None\.",
+                           message)
+    usage_error(f"{missing.group(1)} is required" if missing else message, prog)
+  if positional is None and args:
+    usage_error(f"unexpected arguments: {' '.join(args)}; flags take the form --name=value",
+                prog)
+  if positional is not None and not args:
+    usage_error(f"the following arguments are required: {positional}", prog)
+  return args
+
+
+def help_text(fv, prog: str, doc: str, positional: str | None = None) -> str:
+  """``--help``: a usage line, the tool's docstring and its flags with their defaults."""
+  usage = f"usage: {prog} [flags]" + (f" {positional} [{positional} ...]" if positional else "")
+  lines = [line for line in fv.get_help(include_special_flags=False).splitlines()
+           if line.startswith(" ")]  # without absl's per-module headers
+  return f"{usage}\n\n{(doc or '').strip()}\n\nflags:\n" + "\n".join(lines)
 
 
 def guard(main):

@@ -38,6 +38,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from etils import epath
 from flax import traverse_util
 
@@ -223,25 +224,33 @@ def _to_numpy(v) -> np.ndarray:
   return np.asarray(v, np.float32)
 
 
+FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
+_INPUT = flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth / .pt / .tar)",
+                             required=True, flag_values=FLAGS)
+_OUTPUT = flags.DEFINE_string("output", None, "directory to write (config.init_from)",
+                              required=True, flag_values=FLAGS)
+_ARCH = flags.DEFINE_enum("arch", None, sorted(ARCHS), "the backbone the weights are for",
+                          required=True, flag_values=FLAGS)
+_TRUST_PICKLE = flags.DEFINE_bool("trust_pickle", False,
+                                  "allow arbitrary pickled objects (only for files you trust)",
+                                  flag_values=FLAGS)
+_ALLOW_EXTRA = flags.DEFINE_bool("allow_extra", False,
+                                 "ignore checkpoint keys that map to nothing in the backbone",
+                                 flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m ssfer_jax.convert", description=__doc__)
-  parser.add_argument("--input", required=True, help="PyTorch checkpoint (.pth / .pt / .tar)")
-  parser.add_argument("--output", required=True, help="directory to write (config.init_from)")
-  parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
-  parser.add_argument("--trust_pickle", action="store_true",
-                      help="allow arbitrary pickled objects (only for files you trust)")
-  parser.add_argument("--allow_extra", action="store_true",
-                      help="ignore checkpoint keys that map to nothing in the backbone")
-  args = parser.parse_args(argv)
-  meta = convert_file(args.input, args.output, args.arch, trust_pickle=args.trust_pickle,
-                      allow_extra=args.allow_extra)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.convert", __doc__)
+  meta = convert_file(_INPUT.value, _OUTPUT.value, _ARCH.value, trust_pickle=_TRUST_PICKLE.value,
+                      allow_extra=_ALLOW_EXTRA.value)
   ignored = meta["ignored_keys"]
-  print(f"converted {meta['num_converted']} tensors of {args.arch} from {args.input} -> "
-        f"{args.output}/{pretrained.WEIGHTS_FILE}"
+  print(f"converted {meta['num_converted']} tensors of {_ARCH.value} from {_INPUT.value} -> "
+        f"{_OUTPUT.value}/{pretrained.WEIGHTS_FILE}"
         + (f" (ignored {len(ignored)}: {', '.join(ignored[:6])}"
            f"{' ...' if len(ignored) > 6 else ''})" if ignored else ""))
-  print(f"train from it with: --config.init_from={args.output} --config.model.backbone={args.arch}")
+  print(f"train from it with: --config.init_from={_OUTPUT.value} "
+        f"--config.model.backbone={_ARCH.value}")
   return 0
 
 

@@ -51,6 +51,7 @@ import sys
 
 import ml_collections
 import numpy as np
+from absl import flags
 from absl import logging as absl_logging
 from etils import epath
 
@@ -192,20 +193,28 @@ def format_results(results: dict) -> str:
   return "\n".join(lines)
 
 
+FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory (config.json + checkpoints/)",
+                               required=True, flag_values=FLAGS)
+_DATASET = flags.DEFINE_string("dataset", None, "config.dataset.name of the test data",
+                               required=True, flag_values=FLAGS)
+_SPLIT = flags.DEFINE_string("split", None, "split (default: the dataset's test split)",
+                             flag_values=FLAGS)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared TFDS data (default: the run's)",
+                                flag_values=FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
+_NUM_CLASSES = flags.DEFINE_enum("num_classes", None, ["7", "8"],
+                                 "ferplus only: the prepared 7- or 8-class config to read",
+                                 flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m ssfer_jax.evaluate", description=__doc__)
-  parser.add_argument("--workdir", required=True, help="a run directory (config.json + checkpoints/)")
-  parser.add_argument("--dataset", required=True, help="config.dataset.name of the test data")
-  parser.add_argument("--split", default=None, help="split (default: the dataset's test split)")
-  parser.add_argument("--data_dir", default=None, help="prepared TFDS data (default: the run's)")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--num_classes", type=int, default=None, choices=(7, 8),
-                      help="ferplus only: the prepared 7- or 8-class config to read")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.evaluate", __doc__)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  results = evaluate(args.workdir, args.dataset, split=args.split, data_dir=args.data_dir,
-                     step=args.step, num_classes=args.num_classes)
+  num_classes = int(_NUM_CLASSES.value) if _NUM_CLASSES.value else None
+  results = evaluate(_WORKDIR.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
+                     step=_STEP.value, num_classes=num_classes)
   print(format_results(results))
   return 0
 

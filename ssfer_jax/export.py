@@ -51,6 +51,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from absl import logging as absl_logging
 from etils import epath
 from flax import traverse_util
@@ -124,23 +125,31 @@ def load(directory):
   return (lambda images: exported.call(leaves, images)), meta
 
 
+FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory (config.json + checkpoints/)",
+                               flag_values=FLAGS)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RUN/checkpoints or RUN/checkpoints/STEP",
+                                  flag_values=FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
+_WEIGHTS = flags.DEFINE_enum("weights", "teacher", sorted(inference.WEIGHTS),
+                             "the EMA teacher's or the student's weights", flag_values=FLAGS)
+_OUTPUT = flags.DEFINE_string("output", None, "directory to write", required=True,
+                              flag_values=FLAGS)
+_PLATFORMS = flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS),
+                                 "comma-separated jax.export platforms (cpu, cuda, rocm, tpu)",
+                                 flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m ssfer_jax.export", description=__doc__)
-  parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
-  parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
-  parser.add_argument("--step", type=int, default=None)
-  parser.add_argument("--weights", choices=sorted(inference.WEIGHTS), default="teacher")
-  parser.add_argument("--output", required=True, help="directory to write")
-  parser.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
-                      help="comma-separated jax.export platforms (cpu, cuda, rocm, tpu)")
-  args = parser.parse_args(argv)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.export", __doc__)
   absl_logging.set_verbosity(absl_logging.ERROR)
-  run = inference.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
-  meta = export_run(run, args.output, platforms=[p for p in args.platforms.split(",") if p])
-  print(f"exported {args.weights} weights of step {run.step} ({len(meta['param_names'])} arrays, "
+  run = inference.restore(_WORKDIR.value, _CHECKPOINT.value, step=_STEP.value,
+                          weights=_WEIGHTS.value)
+  meta = export_run(run, _OUTPUT.value, platforms=[p for p in _PLATFORMS.value.split(",") if p])
+  print(f"exported {_WEIGHTS.value} weights of step {run.step} ({len(meta['param_names'])} arrays, "
         f"{meta['image_size']}px, {len(meta['class_names'])} classes, platforms "
-        f"{','.join(meta['platforms'])}) to {args.output}")
+        f"{','.join(meta['platforms'])}) to {_OUTPUT.value}")
   return 0
 
 

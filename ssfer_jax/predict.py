@@ -34,6 +34,7 @@ import sys
 from typing import Sequence
 
 import jax
+from absl import flags
 from absl import logging as absl_logging
 import numpy as np
 from etils import epath
@@ -181,45 +182,54 @@ def synthetic_warning(config) -> str | None:
           "(python -m ssfer_jax.main --list shows them)")
 
 
+FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory (config.json + checkpoints/)",
+                               flag_values=FLAGS)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RUN/checkpoints or RUN/checkpoints/STEP",
+                                  flag_values=FLAGS)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
+_WEIGHTS = flags.DEFINE_enum("weights", "teacher", sorted(inference.WEIGHTS),
+                             "the EMA teacher's or the student's weights", flag_values=FLAGS)
+_DETECT_FACES = flags.DEFINE_bool("detect_faces", False,
+                                  "crop the largest face found by OpenCV's Haar cascade",
+                                  flag_values=FLAGS)
+_MARGIN = flags.DEFINE_float("margin", 0.1, "face crop margin, as a fraction of the face box side",
+                             lower_bound=0.0, flag_values=FLAGS)
+_MIN_FACE = flags.DEFINE_float("min_face", 0.1, "smallest face searched, as a fraction of the "
+                               "photo's shorter side", flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "images per forward pass", lower_bound=1,
+                                   flag_values=FLAGS)
+_OUT = flags.DEFINE_string("out", None, "write the predictions to this .csv or .json file",
+                           flag_values=FLAGS)
+flags.register_validator("min_face", lambda v: 0 < v <= 1, "must be in (0, 1]",
+                         flag_values=FLAGS)
+flags.register_validator("out",
+                         lambda v: not v or epath.Path(v).suffix.lower() in (".csv", ".json"),
+                         "use a .csv or .json file name", flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m ssfer_jax.predict", description=__doc__)
-  parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-  parser.add_argument("--workdir", help="a run directory (config.json + checkpoints/)")
-  parser.add_argument("--checkpoint", help="RUN/checkpoints or RUN/checkpoints/STEP")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  parser.add_argument("--weights", choices=sorted(inference.WEIGHTS), default="teacher")
-  parser.add_argument("--detect_faces", action="store_true",
-                      help="crop the largest face found by OpenCV's Haar cascade")
-  parser.add_argument("--margin", type=float, default=0.1,
-                      help="face crop margin, as a fraction of the face box side")
-  parser.add_argument("--min_face", type=float, default=0.1,
-                      help="smallest face searched, as a fraction of the photo's shorter side")
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--out", help="write the predictions to this .csv or .json file")
-  args = parser.parse_args(argv)
-  if args.out and epath.Path(args.out).suffix.lower() not in (".csv", ".json"):
-    parser.error(f"--out={args.out}: use a .csv or .json file name")
-  if args.batch_size < 1 or args.margin < 0 or not 0 < args.min_face <= 1:
-    parser.error("--batch_size must be >= 1, --margin >= 0 and --min_face in (0, 1]")
+  paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.predict", __doc__, positional="PATH")
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  run = inference.restore(args.workdir, args.checkpoint, step=args.step, weights=args.weights)
+  run = inference.restore(_WORKDIR.value, _CHECKPOINT.value, step=_STEP.value,
+                          weights=_WEIGHTS.value)
   warning = synthetic_warning(run.config)
   if warning:
     print(f"warning: {warning}", file=sys.stderr, flush=True)
-  detector = faces.FaceDetector(min_frac=args.min_face) if args.detect_faces else None
-  paths = expand_paths(args.paths)
-  records = predict_paths(run, paths, detect_faces=args.detect_faces, margin=args.margin,
-                          batch_size=args.batch_size, detector=detector)
+  detector = faces.FaceDetector(min_frac=_MIN_FACE.value) if _DETECT_FACES.value else None
+  paths = expand_paths(paths)
+  records = predict_paths(run, paths, detect_faces=_DETECT_FACES.value, margin=_MARGIN.value,
+                          batch_size=_BATCH_SIZE.value, detector=detector)
   print(f"{run.weights} weights of {run.checkpoint_dir} step {run.step}, "
         f"{run.image_size}px, {run.channels} channel(s)")
   print(format_table(records, run.class_names))
   failed = sum(1 for r in records if r["error"])
   print(f"{len(records) - failed} of {len(records)} file(s) predicted"
         + (f", {failed} failed" if failed else ""))
-  if args.out:
-    write_records(records, run.class_names, args.out)
-    print(f"wrote {args.out}")
+  if _OUT.value:
+    write_records(records, run.class_names, _OUT.value)
+    print(f"wrote {_OUT.value}")
   return 3 if failed else 0
 
 

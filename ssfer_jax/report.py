@@ -38,6 +38,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 from etils import epath  # noqa: E402
 
 from ssfer_jax import cli
@@ -496,15 +497,17 @@ def write_run_report(workdir) -> None:
     logging.warning("could not write %s/report.html: %s: %s", workdir, type(e).__name__, e)
 
 
+FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
+_OUT = flags.DEFINE_string("out", "report.html", "the HTML file to write", flag_values=FLAGS)
+_TITLE = flags.DEFINE_string("title", "ssfer_jax report", "the report's heading",
+                             flag_values=FLAGS)
+
+
 @cli.guard
 def main(argv=None) -> int:
-  parser = cli.ArgumentParser(prog="python -m ssfer_jax.report", description=__doc__)
-  parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (workdirs)")
-  parser.add_argument("--out", default="report.html", help="the HTML file to write")
-  parser.add_argument("--title", default="ssfer_jax report")
-  args = parser.parse_args(argv)
-  out = write_report(args.runs, args.out, args.title)
-  print(f"wrote {out} ({len(out.read_bytes()) / 1024:.0f} KiB, {len(args.runs)} run(s))")
+  runs = cli.parse(FLAGS, argv, "python -m ssfer_jax.report", __doc__, positional="RUN")
+  out = write_report(runs, _OUT.value, _TITLE.value)
+  print(f"wrote {out} ({len(out.read_bytes()) / 1024:.0f} KiB, {len(runs)} run(s))")
   return 0
 
 

@@ -91,15 +91,43 @@ def test_prepare_and_bench_user_errors_are_one_line(tmp_path):
     (report, ["{missing}"], "no such run directory"),
     (convert, ["--input={missing}.pth", "--output={tmp}/c", "--arch=resnet18"], "no such file"),
     (predict, ["--workdir={missing}", "--out=x.txt", "x.jpg"], "use a .csv or .json"),
-    (evaluate, ["--dataset=synthetic"], "--workdir"),
+    (evaluate, ["--dataset=synthetic"], "--workdir is required"),
+    (export, ["--output={tmp}/e", "stray"], "unexpected arguments: stray"),
+    (report, ["--out={tmp}/r.html"], "the following arguments are required: RUN"),
+    (convert, ["--input=a.pth", "--output={tmp}/c", "--arch=resnet99"], "<resnet18|resnet50>"),
+    (predict, ["--min_face=0", "x.jpg"], "--min_face=0.0: must be in (0, 1]"),
+    (evaluate, ["--workdir=w", "--dataset=ferplus", "--num_classes=6"], "<7|8>"),
+    (report, ["--titel=x", "r"], "Did you mean: title"),
 ])
 def test_tool_user_errors_are_one_line(module, argv, needle, tmp_path, capsys):
   argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
   try:
     rc = module.main(argv)
-  except SystemExit as e:  # argparse-level errors exit from the parser
+  except SystemExit as e:  # flag errors exit from cli.parse
     rc = e.code
   _one_error_line(rc, capsys.readouterr().err, needle)
+
+
+def test_tools_have_their_own_flags_reset_on_every_call(tmp_path, capsys):
+  """Tools sharing flag names (--out, --workdir) live in one process; main() runs again and
+  again from the defaults, as the in-process tests and a notebook call it."""
+  assert predict.FLAGS is not report.FLAGS and "out" in predict.FLAGS and "out" in report.FLAGS
+  missing = str(tmp_path / "missing")
+  assert report.main([missing, "--title=first"]) == 2
+  assert report.FLAGS["title"].value == "first"
+  assert report.main([missing]) == 2
+  assert report.FLAGS["title"].value == "ssfer_jax report"  # not the previous call's
+  assert predict.main([f"--workdir={missing}", "--detect_faces", "x.jpg"]) == 2
+  assert predict.main([f"--workdir={missing}", "x.jpg"]) == 2
+  assert predict.FLAGS["detect_faces"].value is False
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    report.main([missing, "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: python -m ssfer_jax.report [flags] RUN [RUN ...]")
+  assert report.__doc__.strip().splitlines()[0] in out
+  assert "--title: the report's heading" in out and "(default: 'report.html')" in out
 
 
 def test_unexpected_errors_say_so():
