@@ -64,7 +64,7 @@ def check_workdir(config, workdir) -> None:
 
 
 def save_config(config, workdir: epath.Path) -> None:
-  path = workdir / "config.json"
+  path = workdir / rundir.CONFIG
   text = config.to_json_best_effort(indent=2, sort_keys=True)
   if rundir.read_json_or_warn(path, what="rewritten from this run's config") is None:
     path.unlink(missing_ok=True)
@@ -107,12 +107,12 @@ def write_eval(trainer, state, step, writer, workdir) -> float:
     rundir.write_json(rundir.eval_file(workdir, step),
                       {"step": step, "class_names": list(trainer.dataset.class_names), **results,
                        **extra})
-    png = workdir / rundir.EVAL_DIR / f"confusion_teacher_step_{step}.png"
+    png = rundir.confusion_file(workdir, step)
     plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
                         plots.confusion_title(step, results["teacher"]))
     writer.image("eval_teacher/confusion", png, step)
     if plot_thresholds(workdir, trainer.dataset.class_names):
-      writer.image("algo/thresholds", workdir / THRESHOLDS_PNG, step)
+      writer.image("algo/thresholds", workdir / rundir.THRESHOLDS, step)
     console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
   writer.flush()
   return results["teacher"]["top1"]
@@ -165,14 +165,11 @@ def scalars(means) -> dict:
   return {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
 
 
-THRESHOLDS_PNG = "thresholds.png"
-
-
 def plot_thresholds(workdir, class_names) -> bool:
   """WORKDIR/thresholds.png from the logged per-class thresholds (the report's chart of
   them); False if none were logged."""
   png = plots.thresholds_chart(rundir.read_metrics(workdir).get("train", []), class_names)
   if png is None:
     return False
-  (epath.Path(workdir) / THRESHOLDS_PNG).write_bytes(png)
+  (epath.Path(workdir) / rundir.THRESHOLDS).write_bytes(png)
   return True

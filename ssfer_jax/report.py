@@ -87,9 +87,9 @@ def load_run(path, name: str | None = None) -> Run:
       res = _read_json(d / "results.json") if d.is_dir() else None
       if res:
         cross.append(res)
-  return Run(path=path, name=name or path.name, config=_read_json(path / "config.json"),
-             info=_read_json(path / "run_info.json") or {},
-             summary=_read_json(path / "summary.json"), rows=rundir.read_metrics(path),
+  return Run(path=path, name=name or path.name, config=_read_json(path / rundir.CONFIG),
+             info=_read_json(path / rundir.RUN_INFO) or {},
+             summary=_read_json(path / rundir.SUMMARY), rows=rundir.read_metrics(path),
              evals=rundir.eval_history(path), cross_evals=cross)
 
 

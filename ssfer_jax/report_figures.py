@@ -14,7 +14,7 @@ from typing import Sequence
 import matplotlib
 from etils import epath
 
-from ssfer_jax import plots
+from ssfer_jax import plots, rundir
 from ssfer_jax.plots import series
 
 NETS = ("teacher", "student")
@@ -91,7 +91,7 @@ def confusion_image(run):
   step = ev.get("step")
   t = ev["teacher"]
   caption = plots.confusion_title(step, t)
-  png = run.path / "eval" / f"confusion_teacher_step_{step}.png"
+  png = rundir.confusion_file(run.path, step)
   if png.exists():
     return caption, b64(png.read_bytes())
   names = ev.get("class_names") or run.class_names or [str(i) for i in range(len(t["confusion"]))]

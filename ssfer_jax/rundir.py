@@ -31,11 +31,17 @@ LABELED_IDS = "labeled_ids.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 EVAL_DIR = "eval"
+THRESHOLDS = "thresholds.png"
 LOCK = ".lock"
 
 
 def eval_file(workdir, step: int) -> epath.Path:
   return epath.Path(workdir) / EVAL_DIR / f"step_{int(step)}.json"
+
+
+def confusion_file(workdir, step: int) -> epath.Path:
+  """The teacher's confusion-matrix PNG written with eval/step_N.json."""
+  return epath.Path(workdir) / EVAL_DIR / f"confusion_teacher_step_{int(step)}.png"
 
 
 def _is_local(path) -> bool:

@@ -236,7 +236,7 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
   workdir = trainer.workdir
   if trainer.is_main:
     outputs.save_config(config, workdir)
-    (workdir / "eval").mkdir(exist_ok=True)
+    (workdir / rundir.EVAL_DIR).mkdir(exist_ok=True)
     outputs.write_run_info(trainer, workdir)
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
