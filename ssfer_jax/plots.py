@@ -1,12 +1,21 @@
-"""PNG figures written into the workdir (matplotlib, Agg backend, no display needed)."""
+"""PNG figures (matplotlib, Agg backend, no display needed): the ones written into the
+workdir and the report's curves, all line charts drawn by ``line_chart``."""
 
 from __future__ import annotations
+
+import io
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def confusion_title(step, teacher: dict) -> str:
+  """The caption of the teacher confusion matrix at ``step`` (an eval record's teacher part)."""
+  return (f"teacher, step {step}: top-1 {teacher['top1']:.3f}, mean per-class "
+          f"{teacher['mean_class_acc']:.3f}")
 
 
 def confusion_png(confusion, class_names, path, title: str = "") -> None:
@@ -32,18 +41,50 @@ def confusion_png(confusion, class_names, path, title: str = "") -> None:
   plt.close(fig)
 
 
-def curves_png(steps, series: dict, path, title: str = "", ylabel: str = "") -> None:
-  """One line per named series (e.g. per-class thresholds over steps)."""
-  fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-  for name, values in series.items():
-    ax.plot(steps, values, label=name, linewidth=1.2)
+def series(rows, key: str):
+  """(steps, values) of ``key`` over metrics.jsonl rows that have a finite value for it."""
+  steps, values = [], []
+  for r in rows:
+    v = r.get(key)
+    if isinstance(v, (int, float)) and np.isfinite(v):
+      steps.append(int(r["step"]))
+      values.append(float(v))
+  return steps, values
+
+
+def line_chart(lines: dict, title: str, ylabel: str = "", styles: dict | None = None):
+  """{label: (steps, values)} -> PNG bytes of one line per label over steps, or None when
+  no line has points (the report's curves and WORKDIR/thresholds.png)."""
+  lines = {k: v for k, v in lines.items() if v[0]}
+  if not lines:
+    return None
+  fig, ax = plt.subplots(figsize=(6.0, 3.3), dpi=100)
+  for label, (steps, values) in lines.items():
+    style = dict(linewidth=1.3)
+    style.update((styles or {}).get(label, {}))
+    if len(steps) == 1:
+      style.setdefault("marker", "o")
+    ax.plot(steps, values, label=label, **style)
+  ax.set_title(title, fontsize=10)
   ax.set_xlabel("step")
   if ylabel:
     ax.set_ylabel(ylabel)
-  if title:
-    ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, ncol=2 if len(lines) > 4 else 1)
+  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(str(path))
+  fig.savefig(buf, format="png")
   plt.close(fig)
+  return buf.getvalue()
+
+
+TAU = "algo/tau/"  # metrics.jsonl keys of per-class thresholds: algo/tau/<class name>
+
+
+def thresholds_chart(train_rows, class_names=()):
+  """PNG bytes of the per-class thresholds logged in ``train_rows`` (deduplicated), or
+  None when none were logged; classes in ``class_names`` order, else by name."""
+  names = list(class_names) or sorted({k[len(TAU):] for r in train_rows for k in r
+                                       if k.startswith(TAU)})
+  return line_chart({n: series(train_rows, TAU + n) for n in names}, "per-class thresholds",
+                    "tau")

@@ -21,56 +21,25 @@ no summary, a method without thresholds) leave their section out or say so.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
-import io
 import json
 import logging
-import re
 import sys
-import tempfile
 import time
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from etils import epath  # noqa: E402
+from absl import flags
+from etils import epath
 
 from ssfer_jax import cli
-from ssfer_jax import plots, rundir  # noqa: E402
-
-NETS = ("teacher", "student")
-_TAU = "algo/tau/"
-_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-
-# -- reading a run -------------------------------------------------------------------------
-def dedupe_rows(rows: Sequence[dict]) -> dict:
-  """{kind: [row, ...] sorted by step}, one row per (kind, step): the later one wins."""
-  by_key = {}
-  for r in rows:
-    if "step" in r and "kind" in r:
-      by_key[(r["kind"], int(r["step"]))] = r
-  out = {}
-  for (kind, step), r in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-    out.setdefault(kind, []).append(r)
-  return out
-
-
-def read_metrics(path) -> dict:
-  """metrics.jsonl -> ``dedupe_rows``; a truncated last line (a killed run) is skipped,
-  any other unreadable line is an error naming the file and line."""
-  return dedupe_rows(rundir.read_jsonl(path))
-
+from ssfer_jax import rundir, selection
+from ssfer_jax.report_figures import NETS, comparison_charts, confusion_image, run_charts
+from ssfer_jax.report_html import CSS, e as _e, figure as _figure, table as _table
 
 _read_json = rundir.read_json  # None when missing; names file:line when it does not parse
 
 
+# -- reading a run -------------------------------------------------------------------------
 @dataclasses.dataclass
 class Run:
   """Everything the report shows of one workdir (each piece may be missing)."""
@@ -79,9 +48,14 @@ class Run:
   config: dict | None
   info: dict
   summary: dict | None
-  rows: dict                     # kind -> deduplicated rows
-  final_eval: dict | None        # eval/step_N.json of the last evaluated step
+  rows: dict                     # kind -> deduplicated rows (rundir.read_metrics)
+  evals: dict                    # step -> eval/step_N.json (rundir.eval_history)
   cross_evals: list
+
+  @property
+  def final_eval(self) -> dict | None:
+    """eval/step_N.json of the last evaluated step."""
+    return self.evals[max(self.evals)] if self.evals else None
 
   @property
   def class_names(self) -> list:
@@ -104,27 +78,20 @@ def load_run(path, name: str | None = None) -> Run:
   path = epath.Path(path)
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such run directory")
-  known = ("config.json", "metrics.jsonl", "run_info.json", "summary.json")
+  known = (rundir.CONFIG, rundir.METRICS, rundir.RUN_INFO, rundir.SUMMARY)
   if not any((path / f).exists() for f in known):
     raise FileNotFoundError(f"{path} holds none of {', '.join(known)}: not a run directory "
                             "written by `python -m ssfer_jax.main`")
-  evals = {}
-  if (path / "eval").is_dir():
-    for p in (path / "eval").glob("step_*.json"):
-      m = re.fullmatch(r"step_(\d+)\.json", p.name)
-      if m:
-        evals[int(m.group(1))] = p
-  final_eval = _read_json(evals[max(evals)]) if evals else None
   cross = []
   if (path / "cross_eval").is_dir():
     for d in sorted((path / "cross_eval").iterdir()):
       res = _read_json(d / "results.json") if d.is_dir() else None
       if res:
         cross.append(res)
-  return Run(path=path, name=name or path.name, config=_read_json(path / "config.json"),
-             info=_read_json(path / "run_info.json") or {},
-             summary=_read_json(path / "summary.json"), rows=read_metrics(path / "metrics.jsonl"),
-             final_eval=final_eval, cross_evals=cross)
+  return Run(path=path, name=name or path.name, config=_read_json(path / rundir.CONFIG),
+             info=_read_json(path / rundir.RUN_INFO) or {},
+             summary=_read_json(path / rundir.SUMMARY), rows=rundir.read_metrics(path),
+             evals=rundir.eval_history(path), cross_evals=cross)
 
 
 def run_names(paths: Sequence) -> list:
@@ -140,34 +107,19 @@ def run_names(paths: Sequence) -> list:
 
 
 # -- numbers ---------------------------------------------------------------------------------
-def series(rows: Sequence[dict], key: str):
-  """(steps, values) of ``key`` over rows that have a finite value for it."""
-  steps, values = [], []
-  for r in rows:
-    v = r.get(key)
-    if isinstance(v, (int, float)) and np.isfinite(v):
-      steps.append(int(r["step"]))
-      values.append(float(v))
-  return steps, values
-
-
 def headline(run: Run) -> dict:
   """{net: {final_top1, final_mean_class_acc, final_macro_f1, best_top1, best_step,
-  best_mean_class_acc, final_step}} from summary.json, else from the eval rows; nets
-  without any evaluation are absent."""
+  best_mean_class_acc, final_step, ...}} from summary.json, else from the evaluations so
+  far (``selection.summarise``, as summary.json will have it); nets without any
+  evaluation are absent."""
   out = {}
   for net in NETS:
-    rows = run.rows.get(f"eval_{net}", [])
     s = (run.summary or {}).get(net)
+    history = {step: r for step, r in run.evals.items() if net in r}
     if s:
       out[net] = dict(s, final_step=(run.summary or {}).get("num_steps"))
-    elif rows:
-      final = rows[-1]
-      best = max(rows, key=lambda r: (r.get("top1", -1), -r["step"]))
-      out[net] = {"final_top1": final.get("top1"), "final_mean_class_acc": final.get("mean_class_acc"),
-                  "final_macro_f1": final.get("macro_f1"), "best_top1": best.get("top1"),
-                  "best_step": best["step"], "final_step": final["step"],
-                  "best_mean_class_acc": max(r.get("mean_class_acc", -1) for r in rows)}
+    elif history:
+      out[net] = dict(selection.summarise(history, net), final_step=max(history))
   return out
 
 
@@ -176,161 +128,7 @@ def last_step(run: Run):
   return max(steps) if steps else None
 
 
-# -- figures ---------------------------------------------------------------------------------
-def _png(fig) -> str:
-  buf = io.BytesIO()
-  fig.tight_layout()
-  fig.savefig(buf, format="png")
-  plt.close(fig)
-  return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def line_chart(lines: dict, title: str, ylabel: str = "", styles: dict | None = None):
-  """{label: (steps, values)} -> base64 PNG, or None when no line has points."""
-  lines = {k: v for k, v in lines.items() if v[0]}
-  if not lines:
-    return None
-  fig, ax = plt.subplots(figsize=(6.0, 3.3), dpi=100)
-  for label, (steps, values) in lines.items():
-    style = dict(linewidth=1.3)
-    style.update((styles or {}).get(label, {}))
-    if len(steps) == 1:
-      style.setdefault("marker", "o")
-    ax.plot(steps, values, label=label, **style)
-  ax.set_title(title, fontsize=10)
-  ax.set_xlabel("step")
-  if ylabel:
-    ax.set_ylabel(ylabel)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2 if len(lines) > 4 else 1)
-  return _png(fig)
-
-
-def loss_keys(train_rows: Sequence[dict]) -> list:
-  """'loss', 'loss_*' and the algorithm's own 'algo/loss_*' (unless the same as a top-level key)."""
-  keys = set()
-  for r in train_rows:
-    keys.update(k for k in r if k == "loss" or k.startswith("loss_"))
-  for r in train_rows:
-    keys.update(k for k in r if k.startswith("algo/loss_") and k[len("algo/"):] not in keys)
-  return sorted(keys, key=lambda k: (k != "loss", k))
-
-
-def run_charts(run: Run) -> list:
-  """[(title, base64 PNG)] of one run's curves; charts with no data are left out."""
-  train = run.rows.get("train", [])
-  charts = []
-  charts.append(("Losses", line_chart({k: series(train, k) for k in loss_keys(train)},
-                                      "training losses (mean over each logging interval)", "loss")))
-  acc = {}
-  for net in NETS:
-    rows = run.rows.get(f"eval_{net}", [])
-    acc[f"{net} top-1"] = series(rows, "top1")
-    acc[f"{net} mean per-class"] = series(rows, "mean_class_acc")
-  styles = {f"{n} {m}": {"color": _COLORS[k], "linestyle": "--" if m != "top-1" else "-"}
-            for k, n in enumerate(NETS) for m in ("top-1", "mean per-class")}
-  charts.append(("Test accuracy", line_chart(acc, "test accuracy", "accuracy", styles)))
-  charts.append(("Pseudo-labels", line_chart(
-      {"mask rate": series(train, "mask_rate"),
-       "pseudo-label precision (masked)": series(train, "pl_precision"),
-       "pseudo-label accuracy (all)": series(train, "pl_accuracy_all")},
-      "unlabeled data: mask rate and pseudo-label quality", "fraction")))
-  charts.append(("Complementary labels", line_chart(
-      {"complementary-label error": series(train, "algo/complementary_error"),
-       "SNL selected rate": series(train, "algo/neg_selected_rate")},
-      "selective negative learning", "fraction")))
-  names = run.class_names or sorted({k[len(_TAU):] for r in train for k in r if k.startswith(_TAU)})
-  charts.append(("Per-class thresholds", line_chart(
-      {n: series(train, _TAU + n) for n in names}, "per-class thresholds", "tau")))
-  return [(t, png) for t, png in charts if png]
-
-
-def confusion_image(run: Run):
-  """(caption, base64 PNG) of the final teacher confusion matrix, or None."""
-  ev = run.final_eval
-  if not ev or "teacher" not in ev:
-    return None
-  step = ev.get("step")
-  t = ev["teacher"]
-  caption = (f"teacher, step {step}: top-1 {t['top1']:.3f}, mean per-class "
-             f"{t['mean_class_acc']:.3f}")
-  png = run.path / "eval" / f"confusion_teacher_step_{step}.png"
-  if png.exists():
-    return caption, base64.b64encode(png.read_bytes()).decode("ascii")
-  names = ev.get("class_names") or run.class_names or [str(i) for i in range(len(t["confusion"]))]
-  with tempfile.TemporaryDirectory(prefix="ssfer_report_") as tmp:
-    out = epath.Path(tmp) / "confusion.png"
-    plots.confusion_png(t["confusion"], names, out, caption)
-    return caption, base64.b64encode(out.read_bytes()).decode("ascii")
-
-
 # -- HTML ------------------------------------------------------------------------------------
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       margin: 0 auto; max-width: 1240px; padding: 16px 24px 48px; color: #1d2330;
-       background: #fff; line-height: 1.45; font-size: 14px; }
-h1 { font-size: 24px; margin: 8px 0 2px; }
-h2 { font-size: 19px; margin: 36px 0 6px; padding-top: 10px; border-top: 2px solid #d8dde6; }
-h3 { font-size: 15px; margin: 20px 0 6px; color: #364152; }
-.meta { color: #5b6474; margin: 0 0 10px; }
-table { border-collapse: collapse; margin: 6px 0 12px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #d8dde6; padding: 4px 10px; text-align: right; }
-th { background: #f1f3f7; font-weight: 600; }
-td.l, th.l { text-align: left; }
-tr.best td { background: #eef7ee; }
-.grid { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; border: 1px solid #e3e6ec; border-radius: 4px; padding: 6px; background: #fff;
-         box-sizing: border-box; flex: 0 1 calc(50% - 5px); }
-figure.cm { flex: 0 1 auto; }
-figure img { display: block; width: 100%; height: auto; }
-figure.cm img { width: auto; max-width: 100%; }
-figcaption { font-size: 12px; color: #5b6474; margin-top: 4px; }
-details { margin: 8px 0; }
-summary { cursor: pointer; color: #2a5db0; }
-pre { background: #f6f8fa; border: 1px solid #e3e6ec; padding: 8px; font-size: 12px;
-      overflow-x: auto; max-height: 480px; }
-.note { color: #7a5b00; background: #fff8e1; border: 1px solid #f0dca0; padding: 4px 8px;
-        display: inline-block; border-radius: 3px; }
-nav a { margin-right: 14px; color: #2a5db0; }
-"""
-
-
-def _e(x) -> str:
-  return html.escape(str(x), quote=True)
-
-
-def _fmt(v, digits: int = 4) -> str:
-  if v is None:
-    return "–"
-  if isinstance(v, float):
-    return f"{v:.{digits}f}"
-  return str(v)
-
-
-def _img(b64: str, alt: str) -> str:
-  return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _figure(title: str, b64: str, caption: bool = False, cls: str = "") -> str:
-  """A figure; the chart PNGs carry their title, so a caption is only added on request."""
-  cap = f"<figcaption>{_e(title)}</figcaption>" if caption else ""
-  attr = f' class="{cls}"' if cls else ""
-  return f"<figure{attr}>{_img(b64, title)}{cap}</figure>"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
-           row_classes: Sequence[str] | None = None) -> str:
-  """``left``: how many leading columns are text (left-aligned)."""
-  out = ["<table><tr>" + "".join(
-      f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header)) + "</tr>"]
-  for k, row in enumerate(rows):
-    cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
-    out.append(f"<tr{cls}>" + "".join(
-        f'<td class="{"l" if i < left else ""}">{_e(_fmt(v))}</td>' for i, v in enumerate(row))
-        + "</tr>")
-  return "\n".join(out) + "</table>"
-
-
 def _anchor(i: int) -> str:
   return f"run{i}"
 
@@ -349,7 +147,7 @@ def metrics_section(run: Run) -> str:
                  "best top-1", "best at step", "best mean per-class"], rows)
   ev = run.final_eval
   names = (ev or {}).get("class_names") or run.class_names
-  if ev and names and all(net in ev for net in NETS):
+  if ev and names and all("support" in ev.get(net, {}) for net in NETS):
     per = [[n, ev["teacher"]["support"][i], ev["teacher"]["per_class_precision"][i],
             ev["teacher"]["per_class_recall"][i], ev["student"]["per_class_precision"][i],
             ev["student"]["per_class_recall"][i]] for i, n in enumerate(names)]
@@ -442,21 +240,8 @@ def comparison_section(runs: Sequence[Run]) -> str:
                   "teacher final mean per-class", "teacher final macro-F1", "teacher best top-1",
                   "best at step", "student final top-1", "student final mean per-class"],
                  rows, left=3, row_classes=classes_)
-  colors = {r.name: {"color": _COLORS[i % len(_COLORS)]} for i, r in enumerate(runs)}
-
-  def overlay(kind, key, title, ylabel):
-    return line_chart({r.name: series(r.rows.get(kind, []), key) for r in runs}, title, ylabel,
-                      colors)
-
-  charts = [("teacher test top-1", overlay("eval_teacher", "top1", "teacher test top-1", "accuracy")),
-            ("teacher test mean per-class accuracy",
-             overlay("eval_teacher", "mean_class_acc", "teacher test mean per-class accuracy",
-                     "accuracy")),
-            ("training loss", overlay("train", "loss", "training loss", "loss")),
-            ("mask rate", overlay("train", "mask_rate", "mask rate", "fraction")),
-            ("pseudo-label precision", overlay("train", "pl_precision",
-                                               "pseudo-label precision (masked)", "precision"))]
-  figs = "".join(_figure(t, png) for t, png in charts if png)
+  charts = comparison_charts(runs)
+  figs = "".join(_figure(t, png) for t, png in charts)
   return ('<h2 id="comparison">Comparison</h2>' + table
           + "<p class=\"meta\">green row: highest teacher final top-1</p>"
           + (f'<div class="grid">{figs}</div>' if figs else ""))

@@ -31,11 +31,17 @@ LABELED_IDS = "labeled_ids.json"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 EVAL_DIR = "eval"
+THRESHOLDS = "thresholds.png"
 LOCK = ".lock"
 
 
 def eval_file(workdir, step: int) -> epath.Path:
   return epath.Path(workdir) / EVAL_DIR / f"step_{int(step)}.json"
+
+
+def confusion_file(workdir, step: int) -> epath.Path:
+  """The teacher's confusion-matrix PNG written with eval/step_N.json."""
+  return epath.Path(workdir) / EVAL_DIR / f"confusion_teacher_step_{int(step)}.png"
 
 
 def _is_local(path) -> bool:
@@ -125,11 +131,31 @@ def read_jsonl(path, kind: str | None = None) -> list[dict]:
   return [r for r in rows if kind is None or r.get("kind") == kind]
 
 
+def dedupe_rows(rows) -> dict:
+  """{kind: [row, ...] sorted by step}, one row per (kind, step), the later row winning:
+  the one rule for metrics.jsonl, where a resumed run repeats the steps logged after its
+  last checkpoint (and the repeat is the valid row). Rows without a kind or step are
+  left out."""
+  by_key = {}
+  for r in rows:
+    if "step" in r and "kind" in r:
+      by_key[(r["kind"], int(r["step"]))] = r
+  out = {}
+  for (kind, _), r in sorted(by_key.items(), key=lambda kv: kv[0]):
+    out.setdefault(kind, []).append(r)
+  return out
+
+
+def read_metrics(workdir) -> dict:
+  """WORKDIR/metrics.jsonl through ``dedupe_rows``: {kind: rows sorted by step}."""
+  return dedupe_rows(read_jsonl(epath.Path(workdir) / METRICS))
+
+
 def checkpoint_row(workdir, step: int) -> dict:
   """The ``kind: run`` row of metrics.jsonl written with the checkpoint at ``step`` (wall
   time so far, compile time, the last training means: what a resumed run adds to, and
   what rebuilds summary.json when a run was killed after its last checkpoint), or {}."""
-  rows = [r for r in read_jsonl(epath.Path(workdir) / METRICS, "run") if r["step"] == step]
+  rows = [r for r in read_metrics(workdir).get("run", []) if r["step"] == step]
   return rows[-1] if rows else {}
 
 
@@ -145,11 +171,11 @@ def eval_history(workdir) -> dict:
     else:
       out[int(rec["step"])] = rec
   if torn:
-    for r in read_jsonl(epath.Path(workdir) / METRICS):  # a step's later row wins (resumes)
-      kind = r.get("kind", "")
-      if kind.startswith("eval_") and r["step"] in torn:
-        out.setdefault(r["step"], {"step": r["step"]})[kind[len("eval_"):]] = {
-            k: r[k] for k in ("top1", "mean_class_acc", "macro_f1")}
+    for kind, rows in read_metrics(workdir).items():
+      for r in rows if kind.startswith("eval_") else ():
+        if r["step"] in torn:
+          out.setdefault(r["step"], {"step": r["step"]})[kind[len("eval_"):]] = {
+              k: r[k] for k in ("top1", "mean_class_acc", "macro_f1")}
   return dict(sorted(out.items()))
 
 

@@ -29,3 +29,18 @@ def by_validation(history: dict, net: str) -> dict:
           "test_top1_at_val_best": rec[net]["top1"],
           "test_mean_class_acc_at_val_best": rec[net]["mean_class_acc"],
           "test_macro_f1_at_val_best": rec[net]["macro_f1"]}
+
+
+def summarise(history: dict, net: str) -> dict:
+  """{step: eval record} -> ``net``'s final and best results as summary.json and the
+  report's headline give them: final_* at the last evaluated step, best_top1 / best_step
+  (the earliest step on ties) and best_mean_class_acc over all evaluations (selected on
+  the test set), plus ``by_validation`` where the records carry held-out results."""
+  final_step = max(history)
+  best_step = max(history, key=lambda s: (history[s][net]["top1"], -s))
+  final = history[final_step][net]
+  return {"final_top1": final["top1"], "final_mean_class_acc": final["mean_class_acc"],
+          "final_macro_f1": final["macro_f1"], "best_top1": history[best_step][net]["top1"],
+          "best_step": best_step,
+          "best_mean_class_acc": max(r[net]["mean_class_acc"] for r in history.values()),
+          "best_selected_on": "test", **by_validation(history, net)}

@@ -7,7 +7,7 @@ batches) -> ``parallel.global_batch`` (host shards -> global arrays on the mesh)
 ``step.train_step`` (forward passes, ``algorithms/<method>.py`` for the unlabeled
 loss) -> back here for logging, evaluation and checkpoints.
 
-Workdir contents: config.json, labeled_ids.json, checkpoints/, tb/ (TensorBoard),
+Workdir contents (``outputs.py``): config.json, labeled_ids.json, checkpoints/, tb/ (TensorBoard),
 metrics.jsonl (one JSON object a line: kind 'train' or 'eval'; after a resume the
 steps past the restored checkpoint appear twice, the later row is the valid one),
 eval/step_N.json + eval/confusion_teacher_step_N.png, thresholds.png (methods
@@ -18,21 +18,17 @@ ssfer_jax.evaluate`` later adds cross_eval/<dataset>_<split>/.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel, plots
-from ssfer_jax import evaluation, rundir, selection, xla_options
-from ssfer_jax import config as config_lib
+from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel
+from ssfer_jax import evaluation, outputs, rundir, xla_options
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
@@ -41,6 +37,7 @@ from ssfer_jax.data import pipeline
 from ssfer_jax.data.datasets import load_dataset
 from ssfer_jax.data.sources import SubsetSource
 from ssfer_jax.models import build_model
+from ssfer_jax.outputs import check_workdir, ensure_writable
 
 
 # jax.transfer_guard level for the per-step part of the loop ("allow" | "log" | "disallow").
@@ -64,61 +61,6 @@ class WorkdirLockedError(rundir.WorkdirLockedError, ValueError):
 
 class _Interrupted(Exception):
   """Raised by the test hook ``interrupt_at`` to simulate a killed process."""
-
-
-def ensure_writable(workdir) -> epath.Path:
-  """The workdir as an absolute path (orbax needs one), created and checked writable."""
-  if "://" not in str(workdir):  # local path (cloud buckets like gs://... are absolute)
-    workdir = os.path.abspath(os.fspath(workdir))
-  workdir = epath.Path(workdir)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / f".write_probe_{jax.process_index()}"  # one per process: hosts may share it
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as e:
-    raise PermissionError(f"--workdir={workdir} is not writable ({e.__class__.__name__}: {e}); "
-                          "pass a directory you can create and write to") from e
-  return workdir
-
-
-def check_workdir(config, workdir) -> None:
-  """Refuses, before anything is written, a workdir whose config.json is another run
-  (method, dataset, model or label split differ) or the same run with other
-  hyper-parameters (unless ``config.train.allow_config_change``)."""
-  path = epath.Path(workdir) / rundir.CONFIG
-  if not path.exists():
-    return
-  old = rundir.read_json_or_warn(path, what="it is rewritten from this run's config; the "
-                                 "checkpoints' shapes are still checked on restore")
-  if old is None:
-    return
-  new = json.loads(config.to_json_best_effort())
-  identity, hyper = config_lib.resume_conflicts(old, new)
-  if identity:
-    raise ValueError(f"--workdir={workdir} holds a different run ({path}): "
-                     f"{config_lib.describe_changes(identity)}; use a new --workdir for this "
-                     "run (nothing was written)")
-  if hyper and not config.train.allow_config_change:
-    raise ValueError(f"--workdir={workdir} holds this run with other settings: "
-                     f"{config_lib.describe_changes(hyper)}; pass "
-                     "--config.train.allow_config_change=True to resume with them (config.json "
-                     "is then updated and the old one kept as config.previous.json), or use a "
-                     "new --workdir (nothing was written)")
-
-
-def _save_config(config, workdir: epath.Path) -> None:
-  path = workdir / "config.json"
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if rundir.read_json_or_warn(path, what="rewritten from this run's config") is None:
-    path.unlink(missing_ok=True)
-  if path.exists() and path.read_text() != text:
-    _, hyper = config_lib.resume_conflicts(json.loads(path.read_text()), json.loads(text))
-    if hyper:
-      logging.warning("resuming %s with changed settings: %s", workdir,
-                      config_lib.describe_changes(hyper, limit=50))
-      rundir.write_text(workdir / rundir.CONFIG_PREVIOUS, path.read_text())
-  rundir.write_text(path, text)
 
 
 @jax.jit
@@ -293,17 +235,9 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
   trainer = Trainer(config, workdir, devices)
   workdir = trainer.workdir
   if trainer.is_main:
-    _save_config(config, workdir)
-    (workdir / "eval").mkdir(exist_ok=True)
-    rundir.write_text(workdir / rundir.RUN_INFO, json.dumps({
-        "dataset": config.dataset.name, "class_names": list(trainer.dataset.class_names),
-        "num_classes": trainer.dataset.num_classes, "channels": trainer.dataset.channels,
-        "image_size": config.data.image_size, "algorithm": config.algorithm,
-        "num_labeled": len(trainer.train_data.labeled),
-        "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
-        "steps_per_epoch": trainer.train_data.steps_per_epoch,
-        "xla_cpu_path": trainer.xla_cpu_path,
-        **console.provenance()}, indent=2))
+    outputs.save_config(config, workdir)
+    (workdir / rundir.EVAL_DIR).mkdir(exist_ok=True)
+    outputs.write_run_info(trainer, workdir)
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                  async_save=tcfg.async_checkpoint, owner=True)
@@ -379,12 +313,12 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
                                    last_means, last_eval), file=sys.stderr, flush=True)
             acc = None
         if do_eval:
-          last_eval = _write_eval(trainer, state, step, writer, workdir)
+          last_eval = outputs.write_eval(trainer, state, step, writer, workdir)
         if do_ckpt:
           if trainer.is_main:
             writer.write_row({"step": step, "kind": "run", "wall_time_s":
                               wall_before + time.time() - t_start, "compile_s": compile_s,
-                              "train": _scalars(last_means)})
+                              "train": outputs.scalars(last_means)})
           ckpt.save(step, state, batches.get_state())
         if preempted:
           ckpt.wait()
@@ -392,92 +326,12 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
                 f"(exit status {EXIT_PREEMPTED})", file=sys.stderr)
           return {"preempted_at": step}
     if start_step >= total:  # already finished: re-evaluate the final state for the summary
-      last_eval = _write_eval(trainer, state, total, writer, workdir)
+      last_eval = outputs.write_eval(trainer, state, total, writer, workdir)
   finally:
     ckpt.close()
     writer.close()
-  summary = _summarise(trainer, workdir, last_means, wall_before + time.time() - t_start,
-                       compile_s)
-  summary_path = workdir / rundir.SUMMARY
-  if start_step >= total:  # re-run of a finished run: keep its timing and last training
-    # metrics, from summary.json or (killed before writing it) the final checkpoint's row
-    old = (rundir.read_json_or_warn(summary_path, what="rebuilt from metrics.jsonl")
-           or rundir.checkpoint_row(workdir, total))
-    summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
-  if trainer.is_main:
-    rundir.write_json(summary_path, summary, indent=2)
-    _plot_thresholds(workdir, trainer.dataset.class_names)
-    from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
-    report.write_run_report(workdir)
-    final_eval = rundir.eval_history(workdir)[summary["final_step"]]
-    console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))
-  return summary
-
-
-def _write_eval(trainer, state, step, writer, workdir) -> float:
-  results = trainer.evaluate(state)
-  val = trainer.val_arrays()
-  extra = {"val": trainer.evaluate(state, val)} if val is not None else {}
-  for prefix, res in (("eval", results), ("val", extra.get("val", {}))):
-    for net, m in res.items():
-      writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
-                          "macro_f1": m["macro_f1"]}, f"{prefix}_{net}")
-  if trainer.is_main:
-    rundir.write_json(rundir.eval_file(workdir, step),
-                      {"step": step, "class_names": list(trainer.dataset.class_names), **results,
-                       **extra})
-    png = workdir / "eval" / f"confusion_teacher_step_{step}.png"
-    plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
-                        f"teacher, step {step}: top-1 {results['teacher']['top1']:.3f}, "
-                        f"mean per-class {results['teacher']['mean_class_acc']:.3f}")
-    writer.image("eval_teacher/confusion", png, step)
-    if _plot_thresholds(workdir, trainer.dataset.class_names):
-      writer.image("algo/thresholds", workdir / "thresholds.png", step)
-    console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
-  writer.flush()
-  return results["teacher"]["top1"]
-
-
-def _summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
-  cfg = trainer.config
-  history = {s: r for s, r in rundir.eval_history(workdir).items() if s <= cfg.train.num_steps}
-  final_step = max(history)
-  out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
-         "num_steps": cfg.train.num_steps, "final_step": final_step, "num_labeled": len(trainer.train_data.labeled),
-         "num_unlabeled": len(trainer.train_data.unlabeled) if trainer.train_data.unlabeled else 0,
-         "class_names": list(trainer.dataset.class_names),
-         "labeled_ids_sha256": trainer.train_data.split_hash,
-         "num_val": 0 if trainer.train_data.val_ids is None else len(trainer.train_data.val_ids),
-         "selection_note": selection.NOTE,
-         "wall_time_s": wall, "compile_s": compile_s,
-         "train": _scalars(last_means)}
-  for net in ("teacher", "student"):
-    best_step = max(history, key=lambda s: (history[s][net]["top1"], -s))
-    final = history[final_step][net]
-    out[net] = {"final_top1": final["top1"], "final_mean_class_acc": final["mean_class_acc"],
-                "final_macro_f1": final["macro_f1"], "best_top1": history[best_step][net]["top1"],
-                "best_step": best_step,
-                "best_mean_class_acc": max(r[net]["mean_class_acc"] for r in history.values()),
-                "best_selected_on": "test", **selection.by_validation(history, net)}
-  return out
-
-
-def _scalars(means) -> dict:
-  return {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
-
-
-def _plot_thresholds(workdir, class_names) -> bool:
-  """WORKDIR/thresholds.png from the logged per-class thresholds; False if there are none."""
-  rows = [r for r in rundir.read_jsonl(workdir / rundir.METRICS, "train")
-          if any(k.startswith("algo/tau/") for k in r)]
-  if not rows:
-    return False
-  by_step = {r["step"]: r for r in rows}  # a resumed run's repeated steps: the later row wins
-  steps = sorted(by_step)
-  series = {name: [by_step[s].get(f"algo/tau/{name}") for s in steps] for name in class_names
-            if f"algo/tau/{name}" in rows[-1]}
-  plots.curves_png(steps, series, workdir / "thresholds.png", "per-class thresholds", "tau")
-  return True
+  return outputs.finish(trainer, workdir, last_means, wall_before + time.time() - t_start,
+                        compile_s, rerun=start_step >= total)
 
 
 def dry_run(config) -> str:

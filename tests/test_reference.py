@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ssfer_jax import algorithms, selection, train
+from ssfer_jax import algorithms, rundir, selection, train
 from ssfer_jax import step as step_lib
 from ssfer_jax.algorithms import thresholds
 from ssfer_jax.algorithms.base import StepInputs
@@ -178,7 +178,7 @@ def test_val_fraction_run_is_disjoint_and_reports_both_selections(tmp_path):
   t = train.Trainer(config, tmp_path)
   assert not np.intersect1d(t.train_data.unlabeled.ids, val).size
   assert len(t.train_data.unlabeled) == 240 - 24 - 28
-  hist = train.eval_history(tmp_path)
+  hist = rundir.eval_history(tmp_path)
   assert set(hist) == {2, 4} and all("val" in r for r in hist.values())
   teacher = summary["teacher"]
   assert teacher["best_selected_on"] == "test"

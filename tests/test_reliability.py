@@ -171,9 +171,9 @@ def test_flipped_byte_in_newest_checkpoint_resumes_bitwise_equal(tmp_path, strai
     train.run(config, tmp_path, interrupt_at=10)   # checkpoints at 4 and 8, then killed
   _flip_byte(tmp_path / "checkpoints" / "8")
   again = train.run(config, tmp_path)              # skips 8, resumes at 4
-  err = capsys.readouterr().err
-  assert "checkpoint step 8 skipped" in err and "SHA-256 mismatch" in err
-  assert "resuming from the checkpoint at step 4" in err
+  captured = capsys.readouterr()
+  assert "checkpoint step 8 skipped" in captured.err and "SHA-256 mismatch" in captured.err
+  assert "resuming from the checkpoint at step 4" in captured.out  # the banner
   _assert_bitwise_equal(ref, _final_state(tmp_path, config))
   assert again["teacher"] == summary["teacher"]
 

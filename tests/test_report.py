@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from ssfer_jax import report, train
+from ssfer_jax import plots, report, rundir, train
 from tests.conftest import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -58,10 +58,30 @@ def test_dedupe_later_row_wins(run_dir):
   rows = [{"kind": "train", "step": 2, "loss": 1.0}, {"kind": "train", "step": 4, "loss": 2.0},
           {"kind": "eval_teacher", "step": 4, "top1": 0.1},
           {"kind": "train", "step": 4, "loss": 3.0}, {"kind": "train", "step": 6, "loss": 4.0}]
-  out = report.dedupe_rows(rows)
+  out = rundir.dedupe_rows(rows)
   assert [r["loss"] for r in out["train"]] == [1.0, 3.0, 4.0]
-  assert report.series(out["train"], "loss") == ([2, 4, 6], [1.0, 3.0, 4.0])
+  assert plots.series(out["train"], "loss") == ([2, 4, 6], [1.0, 3.0, 4.0])
   assert [r["step"] for r in out["eval_teacher"]] == [4]
+
+
+def test_headline_without_summary_is_what_summary_json_holds(run_dir, tmp_path):
+  # One best/final rule: an unfinished run's headline (from eval/step_N.json) is the
+  # summary the finished run wrote; a torn last eval file falls back on its metrics rows.
+  copy = tmp_path / "unfinished"
+  shutil.copytree(run_dir, copy)
+  summary = json.loads((copy / "summary.json").read_text())
+  (copy / "summary.json").unlink()
+  run = report.load_run(copy)
+  assert run.summary is None
+  for net in ("teacher", "student"):
+    assert report.headline(run)[net] == dict(summary[net], final_step=summary["final_step"])
+  last = max(run.evals)
+  (copy / "eval" / f"step_{last}.json").write_text('{"step": ')
+  run = report.load_run(copy)
+  assert set(run.final_eval["teacher"]) == {"top1", "mean_class_acc", "macro_f1"}
+  assert report.headline(run)["teacher"]["final_top1"] == summary["teacher"]["final_top1"]
+  assert report.confusion_image(run) is None
+  assert "Test metrics" in report.render([run])
 
 
 def test_comparison_resumed_and_unfinished_runs(run_dir, tmp_path, capsys):
@@ -74,7 +94,7 @@ def test_comparison_resumed_and_unfinished_runs(run_dir, tmp_path, capsys):
   with open(resumed / "metrics.jsonl", "a") as f:
     f.write(json.dumps(dict(last_train, loss=123.0)) + "\n" + '{"step": 9, "kind": "tr')
   run = report.load_run(resumed)
-  assert report.series(run.rows["train"], "loss")[1][-1] == 123.0
+  assert plots.series(run.rows["train"], "loss")[1][-1] == 123.0
   assert len({r["step"] for r in run.rows["train"]}) == len(run.rows["train"])
   # An unfinished fixmatch run: config and two train rows, no evaluation, no summary.
   fresh = tmp_path / "fresh"

@@ -1,0 +1,175 @@
+"""What a training run writes into its workdir besides checkpoints and metrics rows.
+
+``train.run`` calls these at fixed points: ``ensure_writable`` / ``check_workdir`` before
+anything is written, ``save_config`` / ``write_run_info`` at start, ``write_eval`` at every
+evaluation (eval/step_N.json, the confusion-matrix PNG, thresholds.png, the metrics rows),
+and ``finish`` at the end (summary.json, thresholds.png, report.html, the results table).
+File names, atomic writers and readers are ``rundir``'s; the best/final rule is
+``selection.summarise``'s; figures are ``plots``'.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+from etils import epath
+
+from ssfer_jax import console, plots, rundir, selection
+from ssfer_jax import config as config_lib
+
+
+def ensure_writable(workdir) -> epath.Path:
+  """The workdir as an absolute path (orbax needs one), created and checked writable."""
+  if "://" not in str(workdir):  # local path (cloud buckets like gs://... are absolute)
+    workdir = os.path.abspath(os.fspath(workdir))
+  workdir = epath.Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write_probe_{jax.process_index()}"  # one per process: hosts may share it
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} is not writable ({e.__class__.__name__}: {e}); "
+                          "pass a directory you can create and write to") from e
+  return workdir
+
+
+def check_workdir(config, workdir) -> None:
+  """Refuses, before anything is written, a workdir whose config.json is another run
+  (method, dataset, model or label split differ) or the same run with other
+  hyper-parameters (unless ``config.train.allow_config_change``)."""
+  path = epath.Path(workdir) / rundir.CONFIG
+  if not path.exists():
+    return
+  old = rundir.read_json_or_warn(path, what="it is rewritten from this run's config; the "
+                                 "checkpoints' shapes are still checked on restore")
+  if old is None:
+    return
+  new = json.loads(config.to_json_best_effort())
+  identity, hyper = config_lib.resume_conflicts(old, new)
+  if identity:
+    raise ValueError(f"--workdir={workdir} holds a different run ({path}): "
+                     f"{config_lib.describe_changes(identity)}; use a new --workdir for this "
+                     "run (nothing was written)")
+  if hyper and not config.train.allow_config_change:
+    raise ValueError(f"--workdir={workdir} holds this run with other settings: "
+                     f"{config_lib.describe_changes(hyper)}; pass "
+                     "--config.train.allow_config_change=True to resume with them (config.json "
+                     "is then updated and the old one kept as config.previous.json), or use a "
+                     "new --workdir (nothing was written)")
+
+
+def save_config(config, workdir: epath.Path) -> None:
+  path = workdir / rundir.CONFIG
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if rundir.read_json_or_warn(path, what="rewritten from this run's config") is None:
+    path.unlink(missing_ok=True)
+  if path.exists() and path.read_text() != text:
+    _, hyper = config_lib.resume_conflicts(json.loads(path.read_text()), json.loads(text))
+    if hyper:
+      logging.warning("resuming %s with changed settings: %s", workdir,
+                      config_lib.describe_changes(hyper, limit=50))
+      rundir.write_text(workdir / rundir.CONFIG_PREVIOUS, path.read_text())
+  rundir.write_text(path, text)
+
+
+def write_run_info(trainer, workdir: epath.Path) -> None:
+  """WORKDIR/run_info.json at start: class names, channels, sizes, the label split's
+  sizes and the provenance (commit, command line, versions, devices)."""
+  config, data = trainer.config, trainer.train_data
+  rundir.write_text(workdir / rundir.RUN_INFO, json.dumps({
+      "dataset": config.dataset.name, "class_names": list(trainer.dataset.class_names),
+      "num_classes": trainer.dataset.num_classes, "channels": trainer.dataset.channels,
+      "image_size": config.data.image_size, "algorithm": config.algorithm,
+      "num_labeled": len(data.labeled),
+      "num_unlabeled": len(data.unlabeled) if data.unlabeled else 0,
+      "steps_per_epoch": data.steps_per_epoch,
+      "xla_cpu_path": trainer.xla_cpu_path,
+      **console.provenance()}, indent=2))
+
+
+def write_eval(trainer, state, step, writer, workdir) -> float:
+  """Evaluates ``state`` on the test set (and the held-out part, if any); writes the
+  metrics rows and, on process 0, eval/step_N.json, the confusion PNG and thresholds.png.
+  Returns the teacher's test top-1."""
+  results = trainer.evaluate(state)
+  val = trainer.val_arrays()
+  extra = {"val": trainer.evaluate(state, val)} if val is not None else {}
+  for prefix, res in (("eval", results), ("val", extra.get("val", {}))):
+    for net, m in res.items():
+      writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
+                          "macro_f1": m["macro_f1"]}, f"{prefix}_{net}")
+  if trainer.is_main:
+    rundir.write_json(rundir.eval_file(workdir, step),
+                      {"step": step, "class_names": list(trainer.dataset.class_names), **results,
+                       **extra})
+    png = rundir.confusion_file(workdir, step)
+    plots.confusion_png(results["teacher"]["confusion"], trainer.dataset.class_names, png,
+                        plots.confusion_title(step, results["teacher"]))
+    writer.image("eval_teacher/confusion", png, step)
+    if plot_thresholds(workdir, trainer.dataset.class_names):
+      writer.image("algo/thresholds", workdir / rundir.THRESHOLDS, step)
+    console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
+  writer.flush()
+  return results["teacher"]["top1"]
+
+
+def summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
+  """The summary.json of the run: what was trained, its timing and last training means,
+  and per network the final and best results (``selection.summarise``) over the
+  evaluations up to ``config.train.num_steps``."""
+  cfg, data = trainer.config, trainer.train_data
+  history = {s: r for s, r in rundir.eval_history(workdir).items() if s <= cfg.train.num_steps}
+  out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
+         "num_steps": cfg.train.num_steps, "final_step": max(history),
+         "num_labeled": len(data.labeled),
+         "num_unlabeled": len(data.unlabeled) if data.unlabeled else 0,
+         "class_names": list(trainer.dataset.class_names),
+         "labeled_ids_sha256": data.split_hash,
+         "num_val": 0 if data.val_ids is None else len(data.val_ids),
+         "selection_note": selection.NOTE,
+         "wall_time_s": wall, "compile_s": compile_s,
+         "train": scalars(last_means)}
+  for net in ("teacher", "student"):
+    out[net] = selection.summarise(history, net)
+  return out
+
+
+def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dict:
+  """summary.json, thresholds.png, report.html and the results table at the end of a run;
+  returns the summary. ``rerun``: the run had already finished, so its timing and last
+  training means are kept from summary.json or (killed before writing it) from the final
+  checkpoint's metrics row."""
+  summary = summarise(trainer, workdir, last_means, wall, compile_s)
+  summary_path = workdir / rundir.SUMMARY
+  if rerun:
+    old = (rundir.read_json_or_warn(summary_path, what="rebuilt from metrics.jsonl")
+           or rundir.checkpoint_row(workdir, trainer.config.train.num_steps))
+    summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
+  if trainer.is_main:
+    rundir.write_json(summary_path, summary, indent=2)
+    plot_thresholds(workdir, trainer.dataset.class_names)
+    from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
+    report.write_run_report(workdir)
+    final_eval = rundir.eval_history(workdir)[summary["final_step"]]
+    console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))
+  return summary
+
+
+def scalars(means) -> dict:
+  """The scalar training means as floats (what metrics rows and summary.json keep)."""
+  return {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
+
+
+def plot_thresholds(workdir, class_names) -> bool:
+  """WORKDIR/thresholds.png from the logged per-class thresholds (the report's chart of
+  them); False if none were logged."""
+  png = plots.thresholds_chart(rundir.read_metrics(workdir).get("train", []), class_names)
+  if png is None:
+    return False
+  (epath.Path(workdir) / rundir.THRESHOLDS).write_bytes(png)
+  return True
