@@ -19,7 +19,6 @@ import numpy as np
 from etils import epath
 
 from ssfer_jax import console, plots, rundir, selection
-from ssfer_jax import config as config_lib
 
 
 def ensure_writable(workdir) -> epath.Path:
@@ -38,6 +37,54 @@ def ensure_writable(workdir) -> epath.Path:
   return workdir
 
 
+# Resuming a workdir with another config (see ``resume_conflicts``): keys that may change
+# freely (how the run is executed, not what it computes), keys that make it another run
+# (refused), and everything else (hyper-parameters: accepted with train.allow_config_change).
+RESUME_FREE = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+               "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
+               "train.allow_config_change", "train.xla_cpu_options", "data.num_workers",
+               "data.read_threads", "data.prefetch", "eval.batch_size", "dataset.data_dir",
+               "mesh", "distributed")
+RESUME_IDENTITY = ("algorithm", "dataset", "model", "data.image_size", "data.labels_per_class",
+                   "data.num_labels", "data.label_percent", "data.label_counts",
+                   "data.label_protocol", "data.labeled_ids_file",
+                   "data.split_seed", "data.unlabeled_includes_labeled", "eval.val_fraction",
+                   "optim.name", "optim.accum_steps", "population")
+
+
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _leaves(d: dict, prefix=""):
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      yield from _leaves(v, prefix + k + ".")
+    else:
+      yield prefix + k, v
+
+
+def resume_conflicts(old: dict, new: dict):
+  """(identity, hyper) lists of ``(key, old value, new value)`` where two configs (as
+  config.json dicts) differ: ``identity`` keys make it a different run (another method,
+  dataset, model or label split), ``hyper`` keys change what the rest of the run computes."""
+  a, b = dict(_leaves(old)), dict(_leaves(new))
+  missing = object()
+  identity, hyper = [], []
+  for key in sorted(set(a) | set(b)):
+    va, vb = a.get(key, missing), b.get(key, missing)
+    if va == vb or _under(key, RESUME_FREE):
+      continue
+    row = (key, None if va is missing else va, None if vb is missing else vb)
+    (identity if _under(key, RESUME_IDENTITY) else hyper).append(row)
+  return identity, hyper
+
+
+def describe_changes(rows, limit: int = 6) -> str:
+  shown = ", ".join(f"{k} {va!r} -> {vb!r}" for k, va, vb in rows[:limit])
+  return shown + (f" (+{len(rows) - limit} more)" if len(rows) > limit else "")
+
+
 def check_workdir(config, workdir) -> None:
   """Refuses, before anything is written, a workdir whose config.json is another run
   (method, dataset, model or label split differ) or the same run with other
@@ -50,14 +97,14 @@ def check_workdir(config, workdir) -> None:
   if old is None:
     return
   new = json.loads(config.to_json_best_effort())
-  identity, hyper = config_lib.resume_conflicts(old, new)
+  identity, hyper = resume_conflicts(old, new)
   if identity:
     raise ValueError(f"--workdir={workdir} holds a different run ({path}): "
-                     f"{config_lib.describe_changes(identity)}; use a new --workdir for this "
+                     f"{describe_changes(identity)}; use a new --workdir for this "
                      "run (nothing was written)")
   if hyper and not config.train.allow_config_change:
     raise ValueError(f"--workdir={workdir} holds this run with other settings: "
-                     f"{config_lib.describe_changes(hyper)}; pass "
+                     f"{describe_changes(hyper)}; pass "
                      "--config.train.allow_config_change=True to resume with them (config.json "
                      "is then updated and the old one kept as config.previous.json), or use a "
                      "new --workdir (nothing was written)")
@@ -69,10 +116,10 @@ def save_config(config, workdir: epath.Path) -> None:
   if rundir.read_json_or_warn(path, what="rewritten from this run's config") is None:
     path.unlink(missing_ok=True)
   if path.exists() and path.read_text() != text:
-    _, hyper = config_lib.resume_conflicts(json.loads(path.read_text()), json.loads(text))
+    _, hyper = resume_conflicts(json.loads(path.read_text()), json.loads(text))
     if hyper:
       logging.warning("resuming %s with changed settings: %s", workdir,
-                      config_lib.describe_changes(hyper, limit=50))
+                      describe_changes(hyper, limit=50))
       rundir.write_text(workdir / rundir.CONFIG_PREVIOUS, path.read_text())
   rundir.write_text(path, text)
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from ssfer_jax import cli, config as config_lib, convert, evaluate, export, predict, report, train
+from ssfer_jax import cli, convert, evaluate, export, outputs, predict, report, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
@@ -171,7 +171,7 @@ def test_resume_conflicts_classifies_keys():
   b = json.loads(tiny_config("fixmatch", **{"train.num_steps": 99, "data.num_workers": 2,
                                             "data.split_seed": 3, "algo.tau": 0.9}
                              ).to_json_best_effort())
-  identity, hyper = config_lib.resume_conflicts(a, b)
+  identity, hyper = outputs.resume_conflicts(a, b)
   assert identity == [("data.split_seed", 0, 3)]
   assert hyper == [("algo.tau", 0.95, 0.9)]
 
