@@ -56,9 +56,10 @@ Parts (``--parts``, comma-separated):
   the nominal cores x clock x SIMD lanes x FMA units x 2 from lscpu / /proc/cpuinfo.
 * ``loop``: host/device split of the training loop at ``--loop_config`` (default
   ``configs/default.py``, the CPU default job), built by ``train.Trainer``: steps/s of
-  (a) the input pipeline alone (``next(TrainBatches)``), (b) the jitted step alone on one
-  device-resident batch, (c) the loop's per-step work (next batch -> ``global_batch`` ->
-  step, dispatch is asynchronous, so host and device overlap as in ``train.run``).
+  (a) the input pipeline alone (``next(TrainBatches)``, batches put on the mesh as the
+  loop gets them), (b) the jitted step alone on one device-resident batch, (c) the loop's
+  per-step work (next batch -> step, dispatch is asynchronous, so host and device overlap
+  as in ``train.run``).
   (c) close to (a) and well below (b): the loop waits for input.
 * ``input``: the host input pipeline (``pipeline.TrainBatches``: grain, RAF-DB-sized
   100 px source images resized, weak + strong augmentation) in images/s at each size,
@@ -457,12 +458,13 @@ def load_config_arg(arg: str):
 def time_loop(config, steps, workdir) -> dict:
   """steps/s of the input pipeline alone, the step alone and the loop's per-step work."""
   import jax
-  from ssfer_jax import parallel, train
+  from ssfer_jax import train
   from ssfer_jax.data import pipeline
   t = train.Trainer(config, workdir)
-  batches = pipeline.TrainBatches(t.train_data, config, t.algorithm, t.dataset.channels)
+  batches = pipeline.TrainBatches(t.train_data, config, t.algorithm, t.dataset.channels,
+                                  sharding=t.batch_sharding)
   state = t.fresh_state()
-  dev_batch = parallel.global_batch(next(batches), t.batch_sharding)
+  dev_batch = next(batches)
   state, m = t.train_step(state, dev_batch)          # traces and compiles
   jax.block_until_ready((state, m))
   out = {"config": _LOOP_CONFIG.value, "maxpool": config.model.max_pool,
@@ -481,7 +483,7 @@ def time_loop(config, steps, workdir) -> dict:
   out["step_steps_per_s"] = steps / (time.perf_counter() - t0)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, m = t.train_step(state, parallel.global_batch(next(batches), t.batch_sharding))
+    state, m = t.train_step(state, next(batches))
   jax.block_until_ready((state, m))
   out["loop_steps_per_s"] = steps / (time.perf_counter() - t0)
   return out

@@ -98,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress = True             # live progress line on stderr
   c.train.allow_config_change = False # resume a workdir whose config.json differs in hyper-parameters
   c.train.xla_cpu_options = "auto"   # CPU convolution path: auto | default | eigen | {...} (xla_options.py)
+  # jax.transfer_guard_device_to_host level of the loop's per-step part (next batch, the
+  # step, the on-device metric sums): "disallow" makes a hidden per-step device -> host
+  # sync an error (GPU/TPU); "log" reports it; "allow" turns the check off.
+  c.train.transfer_guard = "disallow"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -275,23 +279,40 @@ _RANGES = (
 )
 
 
+# Keys whose value must be one of a fixed set of strings.
+_CHOICES = (
+    ("train.transfer_guard", ("allow", "log", "disallow")),
+)
+
+
 def _range_text(lo, hi, lo_open) -> str:
   if hi is None:
     return f"{'>' if lo_open else '>='} {lo}"
   return f"in {'(' if lo_open else '['}{lo}, {hi}]"
 
 
+def _get(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
 def check_ranges(config: ml_collections.ConfigDict) -> None:
-  """Raises naming the first key of ``_RANGES`` whose value is out of range or not finite."""
+  """Raises naming the first key of ``_RANGES`` whose value is out of range or not finite,
+  or of ``_CHOICES`` whose value is not one of its choices."""
   for key, lo, hi, lo_open in _RANGES:
-    node = config
-    for part in key.split("."):
-      node = node[part]
+    node = _get(config, key)
     ok = (isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
           and (node > lo if lo_open else node >= lo) and (hi is None or node <= hi))
     if not ok:
       raise ValueError(f"config.{key}={node!r} is out of range: it must be "
                        f"{_range_text(lo, hi, lo_open)}")
+  for key, choices in _CHOICES:
+    value = _get(config, key)
+    if value not in choices:
+      raise ValueError(f"config.{key}={value!r} is not valid: use one of "
+                       f"{', '.join(repr(c) for c in choices)}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -42,7 +42,8 @@ def ensure_writable(workdir) -> epath.Path:
 # (refused), and everything else (hyper-parameters: accepted with train.allow_config_change).
 RESUME_FREE = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
-               "train.allow_config_change", "train.xla_cpu_options", "data.num_workers",
+               "train.allow_config_change", "train.xla_cpu_options", "train.transfer_guard",
+               "data.num_workers",
                "data.read_threads", "data.prefetch", "eval.batch_size", "dataset.data_dir",
                "mesh", "distributed")
 RESUME_IDENTITY = ("algorithm", "dataset", "model", "data.image_size", "data.labels_per_class",

@@ -3,9 +3,9 @@
     run(config, workdir) -> summary dict   (also written to WORKDIR/summary.json)
 
 A newcomer's trace of one batch: ``data/pipeline.py`` (grain: source -> views ->
-batches) -> ``parallel.global_batch`` (host shards -> global arrays on the mesh) ->
+batches, placed on the mesh as global arrays) -> here (``next(batches)``, the step) ->
 ``step.train_step`` (forward passes, ``algorithms/<method>.py`` for the unlabeled
-loss) -> back here for logging, evaluation and checkpoints.
+loss and thresholds) -> back here for logging, evaluation and checkpoints.
 
 Workdir contents (``outputs.py``): config.json, labeled_ids.json, checkpoints/, tb/ (TensorBoard),
 metrics.jsonl (one JSON object a line: kind 'train' or 'eval'; after a resume the
@@ -40,10 +40,6 @@ from ssfer_jax.models import build_model
 from ssfer_jax.outputs import check_workdir, ensure_writable
 
 
-# jax.transfer_guard level for the per-step part of the loop ("allow" | "log" | "disallow").
-STEP_TRANSFER_GUARD = "allow"
-
-
 # Exit statuses ``main`` gives a run (besides 0 = finished, 2 = a usage / config / file
 # error printed as one line), so a scheduler can tell them apart.
 EXIT_NONFINITE = 3      # NaN/inf in the loss, gradients or state: stopped; checkpoints are finite
@@ -57,10 +53,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class WorkdirLockedError(rundir.WorkdirLockedError, ValueError):
   """Another live run uses the workdir (a ValueError: printed as one line, status 2)."""
-
-
-class _Interrupted(Exception):
-  """Raised by the test hook ``interrupt_at`` to simulate a killed process."""
 
 
 @jax.jit
@@ -205,12 +197,10 @@ def _means(acc_host) -> dict:
   return {k: np.asarray(v) / n for k, v in acc_host["sum"].items()}
 
 
-def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> dict:
+def run(config, workdir, *, devices=None) -> dict:
   """Trains (or resumes) and returns the summary, or ``{"preempted_at": step}`` after a
   SIGTERM (``EXIT_PREEMPTED``). Raises ``Interrupted`` on Ctrl-C, ``NonFiniteLossError``
-  on NaN/inf, ``WorkdirLockedError`` when a live run holds the workdir. ``interrupt_at``
-  is a test hook that stops the process-equivalent abruptly (no final checkpoint) after
-  that step."""
+  on NaN/inf, ``WorkdirLockedError`` when a live run holds the workdir."""
   t_start = time.time()
   validate(config)  # before anything heavy, and before the workdir is touched
   check_workdir(config, workdir)  # another run's workdir is refused before anything is written
@@ -223,13 +213,13 @@ def run(config, workdir, *, devices=None, interrupt_at: int | None = None) -> di
       raise WorkdirLockedError(str(e)) from None
   try:
     with OutsideLoopSigint() as outside_loop:
-      return _run(config, workdir, devices, interrupt_at, t_start, outside_loop)
+      return _run(config, workdir, devices, t_start, outside_loop)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
+def _run(config, workdir, devices, t_start, outside_loop) -> dict:
   console.say(f"building the {config.dataset.name} data and the {config.model.backbone} model "
               f"for {config.algorithm} ...")
   trainer = Trainer(config, workdir, devices)
@@ -242,7 +232,7 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                  async_save=tcfg.async_checkpoint, owner=True)
   batches = pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
-                                  trainer.dataset.channels)
+                                  trainer.dataset.channels, sharding=trainer.batch_sharding)
   restored = ckpt.restore_latest(trainer.abstract_state)
   if restored is not None:
     latest, state, data_state = restored
@@ -270,11 +260,10 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
       step = start_step
       while step < total:
         # The steady-state part: nothing here may copy device arrays to the host (only
-        # the logging / eval / checkpoint block below does); tests/test_transfers.py runs
-        # this loop with STEP_TRANSFER_GUARD = "disallow".
-        with jax.transfer_guard_device_to_host(STEP_TRANSFER_GUARD):
-          host_batch = next(batches)
-          batch = parallel.global_batch(host_batch, trainer.batch_sharding)
+        # the logging / eval / checkpoint block below does); config.train.transfer_guard
+        # ("disallow" by default) enforces it, tests/test_transfers.py also on CPU.
+        with jax.transfer_guard_device_to_host(tcfg.transfer_guard):
+          batch = next(batches)  # already global arrays on the mesh
           t0 = time.time()
           if compile_s is None:
             console.say(f"compiling the train step (step {step + 1} of {total}) ...")
@@ -285,8 +274,6 @@ def _run(config, workdir, devices, interrupt_at, t_start, outside_loop) -> dict:
           jax.block_until_ready(state.step)
           compile_s = time.time() - t0
           t_log, step_log = time.time(), step
-        if interrupt_at is not None and step == interrupt_at:
-          raise _Interrupted(f"interrupted after step {step}")
         if sigterm.interrupted:
           ckpt.wait()  # the in-flight save completes (and gets its checksum)
           last = ckpt.latest_step()

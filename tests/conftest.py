@@ -44,3 +44,33 @@ def tiny_config(algorithm: str = "fixmatch", **overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+class Killed(Exception):
+  """A simulated kill of the training process (``kill_after``)."""
+
+
+@pytest.fixture
+def kill_after(monkeypatch):
+  """``kill_after(n)``: the next ``train.run`` dies with ``Killed`` when its loop asks the
+  input pipeline for batch n + 1, i.e. after n steps and whatever logging / checkpoint
+  they did, with no final checkpoint and no summary (what a SIGKILL leaves, less the
+  in-flight async save, which closing the checkpointer completes). One shot: a later run
+  in the same test (the resume) is not killed. Count from a fresh workdir."""
+  from ssfer_jax.data import pipeline
+
+  original = pipeline.TrainBatches.__next__
+
+  def arm(n: int):
+    fetched = {"batches": 0, "armed": True}
+
+    def next_or_die(self):
+      if fetched["armed"] and fetched["batches"] == n:
+        fetched["armed"] = False
+        raise Killed(f"killed after step {n}")
+      fetched["batches"] += 1
+      return original(self)
+
+    monkeypatch.setattr(pipeline.TrainBatches, "__next__", next_or_die)
+
+  return arm

@@ -161,6 +161,17 @@ def _worker(args_file: str, pid: int) -> None:
     local = {k: v[rows if k.endswith("_lb") else rows_u] for k, v in global_rows.items()}
     state, _ = t.train_step(state, parallel.global_batch(local, t.batch_sharding))
   final = gather(state)
+  # The pipeline's own per-host path (what train.run feeds): each process reads its slice
+  # of the sources and its rows become its block of the global batch on the mesh.
+  from ssfer_jax.data import pipeline
+  local = next(pipeline.TrainBatches(t.train_data, config, t.algorithm))
+  on_mesh = next(pipeline.TrainBatches(t.train_data, config, t.algorithm,
+                                       sharding=t.batch_sharding))
+  assert on_mesh.keys() == local.keys()
+  for k, v in local.items():
+    whole = np.asarray(multihost_utils.process_allgather(on_mesh[k], tiled=True))
+    assert whole.shape == (2 * len(v),) + v.shape[1:], k
+    np.testing.assert_array_equal(whole[parallel.host_rows(len(whole))], v, err_msg=k)
   ckpt_out = checkpoint.Checkpointer(out, keep=1, async_save=False)
   ckpt_out.save(STEPS, state, {"note": "written by two processes"})
   ckpt_out.close()

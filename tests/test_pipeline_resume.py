@@ -47,8 +47,9 @@ def tfds_dataset(tmp_path_factory):
   return tfds_sources.load(_config(False, name="rafdb", data_dir=str(root / "data"))), str(root / "data")
 
 
-def _batches(ds, config, algo, state=None):
-  it = pipeline.TrainBatches(pipeline.split_train(ds, config, algo), config, algo)
+def _batches(ds, config, algo, state=None, sharding=None):
+  it = pipeline.TrainBatches(pipeline.split_train(ds, config, algo), config, algo,
+                             sharding=sharding)
   if state is not None:
     it.set_state(state)
   return it
@@ -96,3 +97,26 @@ def test_resume_with_worker_process(tfds_dataset):
   ds, data_dir = tfds_dataset
   _check_resume(ds, _config(True, num_workers=1, name="rafdb", data_dir=data_dir), k=2, n=2,
                 reference_config=_config(True, name="rafdb", data_dir=data_dir))
+
+
+def test_batches_on_the_mesh_equal_the_host_rows_and_resume_exactly():
+  """With the trainer's batch sharding the iterator yields global arrays split over the
+  devices, holding the host iterator's rows; its state restores to the same batches."""
+  import jax
+  from ssfer_jax import parallel
+
+  mesh = parallel.make_mesh(base_config().mesh, jax.devices()[:4])
+  sharding = parallel.batch_sharding(mesh)
+  ds, config, algo = _array_dataset(), _config(False), algorithms.get_algorithm("fixmatch")
+  host = _batches(ds, config, algo)
+  expected = [next(host) for _ in range(4)]
+  on_mesh = _batches(ds, config, algo, sharding=sharding)
+  first = next(on_mesh)
+  for k, v in first.items():
+    assert isinstance(v, jax.Array) and v.sharding == sharding, k
+    assert len(v.addressable_shards) == 4 and v.addressable_shards[0].data.shape[0] == len(v) // 4
+  _assert_same(first, expected[0])
+  next(on_mesh)
+  resumed = _batches(ds, config, algo, on_mesh.get_state(), sharding=sharding)
+  for i in (2, 3):
+    _assert_same(next(resumed), expected[i])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from conftest import tiny_config
+from conftest import Killed, tiny_config
 from ssfer_jax import checkpoint, config as config_lib, rundir, train
 
 RESUME = {"train.num_steps": 12, "train.checkpoint_every": 4, "train.eval_every": 4}
@@ -165,15 +165,17 @@ def test_nonfinite_checkpoint_is_skipped_and_all_bad_is_an_error(tmp_path):
   ckpt.close()
 
 
-def test_flipped_byte_in_newest_checkpoint_resumes_bitwise_equal(tmp_path, straight, capsys):
+def test_flipped_byte_in_newest_checkpoint_resumes_bitwise_equal(tmp_path, straight, capsys,
+                                                                kill_after):
   _, config, summary, ref = straight
-  with pytest.raises(train._Interrupted):
-    train.run(config, tmp_path, interrupt_at=10)   # checkpoints at 4 and 8, then killed
+  kill_after(10)                                   # checkpoints at 4 and 8, then killed
+  with pytest.raises(Killed):
+    train.run(config, tmp_path)
   _flip_byte(tmp_path / "checkpoints" / "8")
   again = train.run(config, tmp_path)              # skips 8, resumes at 4
-  captured = capsys.readouterr()
-  assert "checkpoint step 8 skipped" in captured.err and "SHA-256 mismatch" in captured.err
-  assert "resuming from the checkpoint at step 4" in captured.out  # the banner
+  out, err = capsys.readouterr()
+  assert "checkpoint step 8 skipped" in err and "SHA-256 mismatch" in err
+  assert "resuming from the checkpoint at step 4" in out  # the banner (console.say: stdout)
   _assert_bitwise_equal(ref, _final_state(tmp_path, config))
   assert again["teacher"] == summary["teacher"]
 
@@ -264,6 +266,16 @@ def test_range_messages_state_the_allowed_range():
   with pytest.raises(ValueError, match=r"config\.optim\.lr=0\.0 .* must be > 0\.0"):
     config_lib.validate(tiny_config(**{"optim.lr": 0.0}))
   config_lib.validate(tiny_config())
+
+
+@pytest.mark.parametrize("value", ["Disallow", "off", "", None])
+def test_transfer_guard_must_be_one_of_its_levels(tmp_path, value):
+  with pytest.raises(ValueError, match=rf"config\.train\.transfer_guard={value!r} is not valid: "
+                     "use one of 'allow', 'log', 'disallow'"):
+    train.run(tiny_config(**{"train.transfer_guard": value}), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  for level in ("allow", "log", "disallow"):
+    config_lib.validate(tiny_config(**{"train.transfer_guard": level}))
 
 
 # -- signals ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import Killed, tiny_config
 from ssfer_jax import algorithms, parallel, train
 from ssfer_jax.algorithms.base import Algorithm, UnlabeledOutput, no_state
 from ssfer_jax.data import pipeline
@@ -24,11 +24,12 @@ def _params(workdir, config):
   return jax.device_get(state)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, kill_after):
   config = tiny_config("fixmatch", **{"train.num_steps": 12, "train.checkpoint_every": 6})
   train.run(config, tmp_path / "straight")
-  with pytest.raises(train._Interrupted):
-    train.run(config, tmp_path / "resumed", interrupt_at=9)  # dies 3 steps after the checkpoint
+  kill_after(9)                                              # dies 3 steps after the checkpoint
+  with pytest.raises(Killed):
+    train.run(config, tmp_path / "resumed")
   summary = train.run(config, tmp_path / "resumed")          # same command again: resumes at 6
   a = _params(tmp_path / "straight", config)
   b = _params(tmp_path / "resumed", config)

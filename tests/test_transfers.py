@@ -1,10 +1,10 @@
 """The steady-state training loop copies nothing from the device to the host except at
 the logging / eval / checkpoint interval.
 
-``train.run`` executes its per-step part (next batch, put it on the mesh, the jitted
-step, the on-device metric accumulation) under
-``jax.transfer_guard_device_to_host(train.STEP_TRANSFER_GUARD)``; these tests run the
-real loop with that level set to "disallow". On GPU/TPU that guard alone makes any
+``train.run`` executes its per-step part (next batch, put on the mesh by the pipeline,
+the jitted step, the on-device metric accumulation) under
+``jax.transfer_guard_device_to_host(config.train.transfer_guard)``; these tests run the
+real loop with that level at its default, "disallow". On GPU/TPU that guard alone makes any
 transfer raise. On CPU, jax never enforces it (host and device memory are the same,
 ``np.asarray`` of a CPU array is not a "transfer"), so the tests also make every
 device -> host read of a ``jax.Array`` (``np.asarray``, ``float``/``int``/``bool``,
@@ -28,8 +28,9 @@ class DeviceToHostInStep(AssertionError):
 
 @pytest.fixture
 def strict_steps(monkeypatch):
-  """Sets the loop's per-step guard to 'disallow' and makes device -> host reads raise
-  under it (on every backend). Returns a dict counting the reads that were allowed."""
+  """Makes device -> host reads raise under the 'disallow' guard (on every backend; the
+  loop's per-step guard is 'disallow' by default). Returns a dict counting the reads that
+  were allowed."""
   counts = {"allowed_reads": 0}
   original = jax_array.ArrayImpl._value
 
@@ -41,7 +42,6 @@ def strict_steps(monkeypatch):
     return original.fget(self)
 
   monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(guarded_value))
-  monkeypatch.setattr(train, "STEP_TRANSFER_GUARD", "disallow")
   return counts
 
 
@@ -79,3 +79,21 @@ def test_a_read_inside_the_step_part_is_caught(strict_steps, tmp_path, monkeypat
   config = tiny_config("fixmatch", **{"train.num_steps": 2, "train.log_every": 2})
   with pytest.raises(Exception, match="per-step part|[Dd]isallowed device-to-host"):
     train.run(config, tmp_path)
+
+
+def test_the_guard_level_is_the_configs(strict_steps, tmp_path, monkeypatch):
+  """With ``config.train.transfer_guard='allow'`` the same per-step read goes through: the
+  loop applies the configured level, not a fixed one."""
+  accumulate = train._accumulate
+  reads = {"n": 0}
+
+  def leaky(acc, metrics, step):
+    reads["n"] += 1
+    float(metrics["loss"])
+    return accumulate(acc, metrics, step)
+
+  monkeypatch.setattr(train, "_accumulate", leaky)
+  config = tiny_config("fixmatch", **{"train.num_steps": 2, "train.log_every": 2,
+                                      "train.transfer_guard": "allow"})
+  assert train.run(config, tmp_path)["num_steps"] == 2
+  assert reads["n"] == 2

@@ -2,7 +2,7 @@
 
     source --[per-host slice]--> shuffle / class-balanced order --> repeat
            --> random_map(views: weak / strong / second weak, from data/views.py)
-           --> batch(local batch)
+           --> batch(local batch) --> [with a sharding] global arrays on the mesh
 
 Each stream is a ``grain.MapDataset`` turned into a checkpointable iterator; the two
 iterator states are saved with the train state (``checkpoint.py``), so a resumed run
@@ -20,6 +20,7 @@ import grain
 import jax
 import numpy as np
 
+from ssfer_jax import parallel
 from ssfer_jax.data import augment, images, splits
 from ssfer_jax.data import views as views_lib
 from ssfer_jax.data.sources import SubsetSource
@@ -191,9 +192,18 @@ class _Reindexed:
 
 
 class TrainBatches:
-  """Merged labeled + unlabeled batches; ``get_state`` / ``set_state`` for checkpoints."""
+  """Merged labeled + unlabeled batches; ``get_state`` / ``set_state`` for checkpoints.
 
-  def __init__(self, train: TrainData, config, algorithm, channels: int = 3):
+  With ``sharding`` (the trainer's batch sharding) each batch is yielded as global
+  ``jax.Array``s already placed on the mesh: this process's rows (its ``_host_slice`` of
+  each stream) become its block of the global batch (``parallel.global_batch``), so the
+  loop just calls ``next`` and the step. Without it, this process's numpy rows (tests and
+  benchmarks that look at the host data). The put is host -> device only, so it may run
+  under the loop's device -> host transfer guard; the iterator state is the grain
+  iterators' own, unaffected by where the batch is put."""
+
+  def __init__(self, train: TrainData, config, algorithm, channels: int = 3, sharding=None):
+    self.sharding = sharding
     self._lb_ds = labeled_stream(train, config, channels)
     self._ulb_ds = (unlabeled_stream(train, config, channels,
                                      views_lib.augmentations(algorithm, config.algo))
@@ -208,6 +218,8 @@ class TrainBatches:
     batch = dict(next(self.lb))
     if self.ulb is not None:
       batch.update(next(self.ulb))
+    if self.sharding is not None:
+      return parallel.global_batch(batch, self.sharding)
     return batch
 
   def get_state(self) -> dict:
