@@ -23,8 +23,8 @@ Variant arguments (after ':', comma-separated, combinable):
   steps=N             optimizer steps (default 30000)
 """
 
-from ssfer_jax.config import (apply_ablations, base_config, fer_recipe, parse_config_arg,
-                               set_algorithm)
+from ssfer_jax.config import apply_ablations, base_config, parse_config_arg, set_algorithm
+from ssfer_jax.presets import fer_recipe
 
 SOURCE = "configs/affectnet_dta_snl.py"
 

@@ -20,8 +20,8 @@ Variant arguments (after ':', comma-separated, combinable):
   steps=N             optimizer steps (default 20000)
 """
 
-from ssfer_jax.config import (apply_ablations, base_config, fer_recipe, parse_config_arg,
-                               set_algorithm)
+from ssfer_jax.config import apply_ablations, base_config, parse_config_arg, set_algorithm
+from ssfer_jax.presets import fer_recipe
 
 SOURCE = "configs/rafdb_dta_snl.py"
 

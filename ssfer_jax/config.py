@@ -119,31 +119,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def fer_recipe(c: ml_collections.ConfigDict, *, image_size: int, source: str):
-  """The FER lineage's training recipe (SPEC §1.4: Ada-CM / DTM code) shared by the real-data
-  configs: ResNet-18 at 112 or 224 px with ImageNet normalisation, class-balanced labeled
-  batches of 32 with 3 unlabeled images per labeled one, random crop with 8-pixel padding,
-  head dropout 0.5, local attention and feature-map dropout on, Adam 5e-4, EMA 0.999."""
-  if image_size not in (112, 224):
-    raise ValueError(f"{source}: size={image_size}; use size=112 or size=224")
-  c.data.image_size = image_size
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
-  c.data.class_balanced = True
-  c.data.batch_size = 32
-  c.data.uratio = 3
-  c.data.crop_pad = 8
-  c.model.backbone = "resnet18"
-  c.model.head_dropout = 0.5
-  c.model.attention = True
-  c.model.feature_dropout = 0.5
-  c.optim.name = "adam"
-  c.optim.lr = 5e-4
-  c.ema.decay = 0.999
-  c.train.log_every = 100
-  return c
-
-
 def set_algorithm(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Switches ``c`` to method ``name`` with that method's default hyper-parameters."""
   c.algorithm = name

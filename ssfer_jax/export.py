@@ -126,13 +126,7 @@ def load(directory):
 
 
 FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
-_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory (config.json + checkpoints/)",
-                               flag_values=FLAGS)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RUN/checkpoints or RUN/checkpoints/STEP",
-                                  flag_values=FLAGS)
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
-_WEIGHTS = flags.DEFINE_enum("weights", "teacher", sorted(inference.WEIGHTS),
-                             "the EMA teacher's or the student's weights", flag_values=FLAGS)
+_RUN = inference.RunFlags(FLAGS)
 _OUTPUT = flags.DEFINE_string("output", None, "directory to write", required=True,
                               flag_values=FLAGS)
 _PLATFORMS = flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS),
@@ -144,10 +138,9 @@ _PLATFORMS = flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS),
 def main(argv=None) -> int:
   cli.parse(FLAGS, argv, "python -m ssfer_jax.export", __doc__)
   absl_logging.set_verbosity(absl_logging.ERROR)
-  run = inference.restore(_WORKDIR.value, _CHECKPOINT.value, step=_STEP.value,
-                          weights=_WEIGHTS.value)
+  run = _RUN.restore()
   meta = export_run(run, _OUTPUT.value, platforms=[p for p in _PLATFORMS.value.split(",") if p])
-  print(f"exported {_WEIGHTS.value} weights of step {run.step} ({len(meta['param_names'])} arrays, "
+  print(f"exported {_RUN.weights.value} weights of step {run.step} ({len(meta['param_names'])} arrays, "
         f"{meta['image_size']}px, {len(meta['class_names'])} classes, platforms "
         f"{','.join(meta['platforms'])}) to {_OUTPUT.value}")
   return 0

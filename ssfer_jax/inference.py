@@ -169,3 +169,23 @@ def restore(workdir=None, checkpoint=None, *, step: int | None = None,
     variables["batch_stats"] = restored[s_key]
   return RunInfo(config, variables, run_class_names(workdir, num_classes), channels, step,
                  ckpt_dir, weights)
+
+
+class RunFlags:
+  """The flags that pick a trained network (``--workdir`` or ``--checkpoint``, ``--step``,
+  ``--weights``), defined on a tool's own ``FlagValues`` (predict and export share them)."""
+
+  def __init__(self, fv):
+    from absl import flags  # only the command lines need absl
+    self.workdir = flags.DEFINE_string("workdir", None, "a run directory (config.json + "
+                                       "checkpoints/)", flag_values=fv)
+    self.checkpoint = flags.DEFINE_string("checkpoint", None, "RUN/checkpoints or "
+                                          "RUN/checkpoints/STEP", flag_values=fv)
+    self.step = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)",
+                                     flag_values=fv)
+    self.weights = flags.DEFINE_enum("weights", "teacher", sorted(WEIGHTS),
+                                     "the EMA teacher's or the student's weights", flag_values=fv)
+
+  def restore(self) -> RunInfo:
+    return restore(self.workdir.value, self.checkpoint.value, step=self.step.value,
+                   weights=self.weights.value)

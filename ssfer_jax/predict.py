@@ -183,13 +183,7 @@ def synthetic_warning(config) -> str | None:
 
 
 FLAGS = flags.FlagValues()  # this tool's own flags: main() runs in-process next to the others
-_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory (config.json + checkpoints/)",
-                               flag_values=FLAGS)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "RUN/checkpoints or RUN/checkpoints/STEP",
-                                  flag_values=FLAGS)
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
-_WEIGHTS = flags.DEFINE_enum("weights", "teacher", sorted(inference.WEIGHTS),
-                             "the EMA teacher's or the student's weights", flag_values=FLAGS)
+_RUN = inference.RunFlags(FLAGS)
 _DETECT_FACES = flags.DEFINE_bool("detect_faces", False,
                                   "crop the largest face found by OpenCV's Haar cascade",
                                   flag_values=FLAGS)
@@ -212,8 +206,7 @@ flags.register_validator("out",
 def main(argv=None) -> int:
   paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.predict", __doc__, positional="PATH")
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
-  run = inference.restore(_WORKDIR.value, _CHECKPOINT.value, step=_STEP.value,
-                          weights=_WEIGHTS.value)
+  run = _RUN.restore()
   warning = synthetic_warning(run.config)
   if warning:
     print(f"warning: {warning}", file=sys.stderr, flush=True)
