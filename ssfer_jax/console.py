@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
+
+from ssfer_jax.data import splits
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
             "ml-collections", "numpy")
@@ -67,8 +68,7 @@ def banner(config, trainer, resumed_from: int | None, workdir) -> str:
   """The start banner: method, data and split, model, devices and mesh, schedule, workdir."""
   ds, td = trainer.dataset, trainer.train_data
   n_unl = len(td.unlabeled) if td.unlabeled else 0
-  per_class = np.bincount(np.asarray(ds.train.labels)[np.asarray(td.labeled_ids)],
-                          minlength=ds.num_classes)
+  per_class = splits.class_counts(ds.train.labels, td.labeled_ids, ds.num_classes)
   m = config.model
   dev = devices_info()
   mesh = ", ".join(f"{k}={v}" for k, v in trainer.mesh.shape.items())
@@ -127,8 +127,8 @@ def results_table(summary: dict, final_eval: dict, class_names, workdir) -> str:
   width = max(len(n) for n in class_names) + 2
   lines.append(f"  {'class':<{width}}{'support':>8}{'teacher P':>11}{'teacher R':>11}"
                f"{'student P':>11}{'student R':>11}")
+  te, st = final_eval["teacher"], final_eval["student"]
   for i, name in enumerate(class_names):
-    te, st = final_eval["teacher"], final_eval["student"]
     support = te["support"][i]
     rec = lambda m: f"{m['per_class_recall'][i]:.3f}" if support else "-"  # noqa: E731
     lines.append(f"  {name:<{width}}{support:>8}{te['per_class_precision'][i]:>11.3f}"

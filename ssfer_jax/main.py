@@ -30,6 +30,7 @@ _LIST = flags.DEFINE_bool("list", False, "Print the configs, methods, ablations/
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and the label split, "
                              "then exit (writes nothing).")
 
+
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}; flags take the form "
@@ -73,7 +74,7 @@ def main(argv):
 
 def _help_with_listing():
   """--help shows the catalogue (configs, methods, datasets) below the usage text."""
-  if any(a in ("--help", "-h", "-?", "--helpshort", "--helpfull") for a in sys.argv[1:]):
+  if any(a in cli.HELP_FLAGS for a in sys.argv[1:]):
     from ssfer_jax import catalog
     module = sys.modules["__main__"]
     module.__doc__ = (module.__doc__ or "") + "\n" + catalog.listing() + "\n"

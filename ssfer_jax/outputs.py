@@ -3,7 +3,7 @@
 ``train.run`` calls these at fixed points: ``ensure_writable`` / ``check_workdir`` before
 anything is written, ``save_config`` / ``write_run_info`` at start, ``write_eval`` at every
 evaluation (eval/step_N.json, the confusion-matrix PNG, thresholds.png, the metrics rows),
-and ``finish`` at the end (summary.json, thresholds.png, report.html, the results table).
+and ``finish`` at the end (summary.json, report.html, the results table).
 File names, atomic writers and readers are ``rundir``'s; the best/final rule is
 ``selection.summarise``'s; figures are ``plots``'.
 """
@@ -166,12 +166,12 @@ def write_eval(trainer, state, step, writer, workdir) -> float:
   return results["teacher"]["top1"]
 
 
-def summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
+def summarise(trainer, history, last_means, wall, compile_s) -> dict:
   """The summary.json of the run: what was trained, its timing and last training means,
   and per network the final and best results (``selection.summarise``) over the
-  evaluations up to ``config.train.num_steps``."""
+  evaluations (``history``: step -> eval record) up to ``config.train.num_steps``."""
   cfg, data = trainer.config, trainer.train_data
-  history = {s: r for s, r in rundir.eval_history(workdir).items() if s <= cfg.train.num_steps}
+  history = {s: r for s, r in history.items() if s <= cfg.train.num_steps}
   out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
          "num_steps": cfg.train.num_steps, "final_step": max(history),
          "num_labeled": len(data.labeled),
@@ -188,22 +188,22 @@ def summarise(trainer, workdir, last_means, wall, compile_s) -> dict:
 
 
 def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dict:
-  """summary.json, thresholds.png, report.html and the results table at the end of a run;
+  """summary.json, report.html and the results table at the end of a run;
   returns the summary. ``rerun``: the run had already finished, so its timing and last
   training means are kept from summary.json or (killed before writing it) from the final
   checkpoint's metrics row."""
-  summary = summarise(trainer, workdir, last_means, wall, compile_s)
+  history = rundir.eval_history(workdir)
+  summary = summarise(trainer, history, last_means, wall, compile_s)
   summary_path = workdir / rundir.SUMMARY
   if rerun:
     old = (rundir.read_json_or_warn(summary_path, what="rebuilt from metrics.jsonl")
            or rundir.checkpoint_row(workdir, trainer.config.train.num_steps))
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
-    rundir.write_json(summary_path, summary, indent=2)
-    plot_thresholds(workdir, trainer.dataset.class_names)
+    rundir.write_json(summary_path, summary, indent=2)  # thresholds.png: by the final write_eval
     from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
-    final_eval = rundir.eval_history(workdir)[summary["final_step"]]
+    final_eval = history[summary["final_step"]]
     console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))
   return summary
 

@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssfer_jax import algorithms, checkpoint, console, metrics as metrics_lib, optim, parallel
+from ssfer_jax import algorithms, checkpoint, cli, console, metrics as metrics_lib, optim, parallel
 from ssfer_jax import evaluation, outputs, rundir, xla_options
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
 from ssfer_jax.config import validate
-from ssfer_jax.data import pipeline
+from ssfer_jax.data import pipeline, splits
 from ssfer_jax.data.datasets import load_dataset
 from ssfer_jax.data.sources import SubsetSource
 from ssfer_jax.models import build_model
@@ -44,7 +44,7 @@ from ssfer_jax.outputs import check_workdir, ensure_writable
 # error printed as one line), so a scheduler can tell them apart.
 EXIT_NONFINITE = 3      # NaN/inf in the loss, gradients or state: stopped; checkpoints are finite
 EXIT_PREEMPTED = 75     # EX_TEMPFAIL: SIGTERM; a checkpoint was saved, the same command resumes
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C; in-flight save finished, the same command resumes
+EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED  # 130: Ctrl-C; in-flight save finished, rerun resumes
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -329,8 +329,8 @@ def dry_run(config) -> str:
   dataset = load_dataset(config)
   data = pipeline.split_train(dataset, config, algorithm, None)
   labels = np.asarray(dataset.train.labels)
-  lab = np.bincount(labels[np.asarray(data.labeled_ids)], minlength=dataset.num_classes)
-  allc = np.bincount(labels, minlength=dataset.num_classes)
+  lab = splits.class_counts(labels, data.labeled_ids, dataset.num_classes)
+  allc = splits.class_counts(labels, np.arange(len(labels)), dataset.num_classes)
   width = max(len(n) for n in dataset.class_names) + 2
   lines = [config.to_json_best_effort(indent=2, sort_keys=True),
            f"split of {config.dataset.name} train ({len(labels)} images) for {config.algorithm}: "
