@@ -239,7 +239,7 @@ _RANGES = (
     ("train.keep_checkpoints", 1, None, False),
     ("data.batch_size", 1, None, False),
     ("data.uratio", 1, None, False),
-    ("data.image_size", 8, None, False),
+    ("data.image_size", 8, None, False),  # this project's floor (no reference states one)
     ("data.crop_pad", 0, None, False),
     ("eval.batch_size", 1, None, False),
     ("optim.lr", 0.0, None, True),
