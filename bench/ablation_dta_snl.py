@@ -68,7 +68,7 @@ def main(argv=None):
   common = cm.parse_overrides(_SET.value)
   rows = [r for r in ROWS if r[0] in _ROWS.value.split(",")]
   seeds = list(range(_SEEDS.value))
-  results = {name: [] for name, *_ in rows}
+  results = {name: {} for name, *_ in rows}
   specs = []
   for seed in seeds:
     for name, variant, method, overrides in rows:
@@ -83,13 +83,12 @@ def main(argv=None):
   out = os.path.join(_WORKDIR.value, "table.md")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   for k, (name, method, seed, cfg_json, workdir) in enumerate(specs, 1):
-    summary = cm.run_one(k, len(specs), f"{name} ({method})", seed, cfg_json, workdir)
-    results[name].append(summary)
+    results[name].update(cm.run_one(k, len(specs), f"{name} ({method})", [seed], cfg_json, workdir))
     table = cm.markdown_table(results, [r[0] for r in rows], context)
     with open(out, "w") as f:
       f.write(table)
   print(table)
-  return 1 if any("error" in r for rs in results.values() for r in rs) else 0
+  return 1 if any("error" in r for runs in results.values() for r in runs.values()) else 0
 
 
 if __name__ == "__main__":
