@@ -107,7 +107,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.val_fraction = 0.0           # > 0: stratified held-out part of the training set picks the best step
 
+  # Population training (docs/population.md): ``size`` members of the same method, member k
+  # with seed ``seed + k`` (initialisation, dropout, data order), trained as one program.
+  c.population = ml_collections.ConfigDict()
+  c.population.size = 1               # 1: a single run (no member axis)
+  c.population.vary_split = False     # member k also draws its labeled split with data.split_seed + k
+
   c.mesh = ml_collections.ConfigDict()
+  c.mesh.population = 1               # device groups the members are split over (divides population.size)
   c.mesh.fsdp = 1
   c.mesh.num_devices = 0              # 0: every device; n: the first n (tests, debugging)
 
@@ -250,6 +257,8 @@ _RANGES = (
     ("optim.accum_steps", 1, None, False),
     ("ema.decay", 0.0, 1.0, False),
     ("mesh.fsdp", 1, None, False),
+    ("mesh.population", 1, None, False),
+    ("population.size", 1, None, False),
     ("mesh.num_devices", 0, None, False),
 )
 
@@ -310,6 +319,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         + "switch methods with the config variant (e.g. --config=configs/default.py:"
         f"{config.algorithm}), which loads the method's defaults")
   check_ranges(config)
+  size, groups = int(config.population.size), int(config.mesh.population)
+  if size % groups:
+    raise ValueError(f"config.mesh.population={groups} must divide config.population.size="
+                     f"{size} (each device group trains size / groups members)")
 
 
 def loader(path: str):

@@ -147,11 +147,28 @@ def write_eval(trainer, state, step, writer, workdir) -> float:
   results = trainer.evaluate(state)
   val = trainer.val_arrays()
   extra = {"val": trainer.evaluate(state, val)} if val is not None else {}
+  record_eval(trainer, step, results, extra, writer, workdir)
+  if trainer.is_main:
+    console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
+  return results["teacher"]["top1"]
+
+
+def eval_rows(writer, step, results, extra) -> None:
+  """The metrics rows of one evaluation: top-1, mean per-class accuracy and macro-F1 per
+  network, for the test set (eval_<net>) and the held-out part (val_<net>)."""
   for prefix, res in (("eval", results), ("val", extra.get("val", {}))):
     for net, m in res.items():
       writer.write(step, {"top1": m["top1"], "mean_class_acc": m["mean_class_acc"],
                           "macro_f1": m["macro_f1"]}, f"{prefix}_{net}")
+
+
+def record_eval(trainer, step, results, extra, writer, workdir) -> None:
+  """Writes one evaluation's results (``{net: classification_metrics}``, ``extra``: the
+  held-out part's under "val") into ``workdir``: the metrics rows and, on process 0,
+  eval/step_N.json, the confusion PNG and thresholds.png."""
+  eval_rows(writer, step, results, extra)
   if trainer.is_main:
+    (epath.Path(workdir) / rundir.EVAL_DIR).mkdir(parents=True, exist_ok=True)
     rundir.write_json(rundir.eval_file(workdir, step),
                       {"step": step, "class_names": list(trainer.dataset.class_names), **results,
                        **extra})
@@ -160,17 +177,18 @@ def write_eval(trainer, state, step, writer, workdir) -> float:
                         plots.confusion_title(step, results["teacher"]))
     writer.image("eval_teacher/confusion", png, step)
     if plot_thresholds(workdir, trainer.dataset.class_names):
-      writer.image("algo/thresholds", workdir / rundir.THRESHOLDS, step)
-    console.say(console.eval_line(step, trainer.config.train.num_steps, results, extra.get("val")))
+      writer.image("algo/thresholds", epath.Path(workdir) / rundir.THRESHOLDS, step)
   writer.flush()
-  return results["teacher"]["top1"]
 
 
-def summarise(trainer, history, last_means, wall, compile_s) -> dict:
+def summarise(trainer, history, last_means, wall, compile_s, *, config=None,
+              train_data=None) -> dict:
   """The summary.json of the run: what was trained, its timing and last training means,
   and per network the final and best results (``selection.summarise``) over the
-  evaluations (``history``: step -> eval record) up to ``config.train.num_steps``."""
-  cfg, data = trainer.config, trainer.train_data
+  evaluations (``history``: step -> eval record) up to ``config.train.num_steps``.
+  ``config`` / ``train_data``: a population member's own (default: the trainer's)."""
+  cfg = trainer.config if config is None else config
+  data = trainer.train_data if train_data is None else train_data
   history = {s: r for s, r in history.items() if s <= cfg.train.num_steps}
   out = {"algorithm": cfg.algorithm, "dataset": cfg.dataset.name, "seed": cfg.seed,
          "num_steps": cfg.train.num_steps, "final_step": max(history),

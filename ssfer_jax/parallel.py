@@ -1,8 +1,11 @@
 """Mesh, sharding rules and multi-host start-up: the one place that knows about devices.
 
-Mesh. Two named axes, ``data`` x ``fsdp`` (``config.mesh.fsdp`` devices per parameter
-shard; 1 = pure data parallelism). The batch is split over *both* axes (every device
-sees different rows), so ``fsdp`` only changes where the parameters live:
+Mesh. Three named axes, ``population`` x ``data`` x ``fsdp``. ``population``
+(``config.mesh.population``, default 1) splits the members of a population run
+(``population.py``) into device groups that never talk to each other; inside a group the
+batch is split over ``data`` *and* ``fsdp`` (every device sees different rows), and
+``fsdp`` (``config.mesh.fsdp`` devices per parameter shard; 1 = pure data parallelism)
+only changes where the parameters live:
 
   * ``fsdp == 1``: everything is replicated; XLA all-reduces the gradients over ``data``.
   * ``fsdp > 1`` (ZeRO-3 / FSDP): every *large* leaf of the student parameters, the EMA
@@ -36,6 +39,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+POPULATION = "population"
 DATA = "data"
 FSDP = "fsdp"
 
@@ -154,31 +158,52 @@ def maybe_initialize_distributed(cfg) -> bool:
 
 # -- mesh and shardings ----------------------------------------------------------------------
 def make_mesh(cfg, devices=None) -> Mesh:
-  """A (data, fsdp) mesh over ``devices`` (default: every device of every process) with
-  ``cfg.fsdp`` (config.mesh.fsdp) devices per parameter shard.
+  """A (population, data, fsdp) mesh over ``devices`` (default: every device of every
+  process) with ``cfg.population`` member groups and ``cfg.fsdp`` (config.mesh) devices per
+  parameter shard.
 
   With all devices, ``jax.make_mesh`` orders them for the physical topology (TPU ICI
   rings, NVLink islands) and the fsdp axis, the innermost, stays inside a host when
   ``fsdp`` divides the local device count.
   """
-  fsdp = int(cfg.fsdp)
+  fsdp, groups = int(cfg.fsdp), int(cfg.get("population", 1))
   n = len(devices) if devices is not None else jax.device_count()
   if fsdp < 1 or n % fsdp:
     raise ValueError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the {n} devices; "
                      f"use one of {[d for d in range(1, n + 1) if n % d == 0]}")
+  if groups < 1 or n % (groups * fsdp):
+    raise ValueError(f"config.mesh.population={groups} times config.mesh.fsdp={fsdp} must "
+                     f"divide the {n} devices; use a population axis in "
+                     f"{[g for g in range(1, n // fsdp + 1) if (n // fsdp) % g == 0]}")
+  if jax.process_count() > 1 and groups > 1:
+    raise ValueError("config.mesh.population > 1 is not supported across processes yet "
+                     "(each host would feed only its own members); with several hosts keep "
+                     "config.mesh.population=1 (members are then vmapped on every device)")
   if jax.process_count() > 1 and fsdp > 1 and jax.local_device_count() % fsdp:
     logging.warning("config.mesh.fsdp=%d spans hosts (%d devices per host): the per-layer "
                     "all-gathers then cross the slower inter-host network", fsdp,
                     jax.local_device_count())
-  shape, names, types = (n // fsdp, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto)
+  shape, names = (groups, n // (groups * fsdp), fsdp), (POPULATION, DATA, FSDP)
+  types = (AxisType.Auto,) * 3
   if devices is None:
     return jax.make_mesh(shape, names, axis_types=types)
   return Mesh(np.asarray(devices).reshape(shape), names, axis_types=types)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over every device of the mesh."""
-  return NamedSharding(mesh, P((DATA, FSDP)))
+def batch_sharding(mesh: Mesh, members: bool = False) -> NamedSharding:
+  """Leading (batch) dimension split over every device of a member group; with
+  ``members``, a leading member dimension first, split over the population axis."""
+  return NamedSharding(mesh, P(POPULATION, (DATA, FSDP)) if members else P((DATA, FSDP)))
+
+
+def member_sharding(mesh: Mesh) -> NamedSharding:
+  """A leading member dimension split over the population axis, the rest replicated."""
+  return NamedSharding(mesh, P(POPULATION))
+
+
+def batch_devices(mesh: Mesh) -> int:
+  """Devices one member's batch is split over (a member group: data x fsdp)."""
+  return mesh.shape[DATA] * mesh.shape[FSDP]
 
 
 def leaf_spec(shape, fsdp: int, min_size: int) -> P:
@@ -202,21 +227,24 @@ def _top_field(path) -> str | None:
   return getattr(key, "name", None) or getattr(key, "key", None)
 
 
-def state_shardings(mesh: Mesh, abstract_state, min_fsdp_size: int | None = None):
+def state_shardings(mesh: Mesh, abstract_state, min_fsdp_size: int | None = None,
+                    members: bool = False):
   """NamedShardings for the whole TrainState (a pytree of the same structure).
 
   Leaves under ``FSDP_FIELDS`` (student params, EMA teacher, optimizer state) follow
   ``leaf_spec`` with the mesh's fsdp size; everything else (step, rng, BatchNorm
-  statistics, the algorithm's state) is replicated.
+  statistics, the algorithm's state) is replicated. With ``members`` (a population's
+  stacked state) every leaf's leading member dimension is split over the population axis
+  and the rule applies to the rest of its shape.
   """
   n = mesh.shape[FSDP]
   min_size = FSDP_MIN_SIZE if min_fsdp_size is None else min_fsdp_size
 
   def rule(path, leaf):
-    shape = getattr(leaf, "shape", ())
-    if _top_field(path) in FSDP_FIELDS:
-      return NamedSharding(mesh, leaf_spec(shape, n, min_size))
-    return NamedSharding(mesh, P())
+    shape = tuple(getattr(leaf, "shape", ()))
+    lead, shape = ((POPULATION,), shape[1:]) if members else ((), shape)
+    spec = leaf_spec(shape, n, min_size) if _top_field(path) in FSDP_FIELDS else P()
+    return NamedSharding(mesh, P(*lead, *spec))
 
   return jax.tree_util.tree_map_with_path(rule, abstract_state)
 
@@ -256,6 +284,7 @@ def host_rows(global_size: int) -> slice:
 
 
 def check_batch_divisible(global_size: int, mesh: Mesh, what: str) -> None:
-  if global_size % mesh.devices.size:
-    raise ValueError(f"{what}={global_size} must be divisible by the number of devices "
-                     f"({mesh.devices.size}); change the batch size or the mesh")
+  n = batch_devices(mesh)
+  if global_size % n:
+    raise ValueError(f"{what}={global_size} must be divisible by the number of devices a "
+                     f"member's batch is split over ({n}); change the batch size or the mesh")

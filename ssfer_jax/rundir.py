@@ -33,6 +33,7 @@ METRICS = "metrics.jsonl"
 EVAL_DIR = "eval"
 THRESHOLDS = "thresholds.png"
 LOCK = ".lock"
+MEMBERS_DIR = "members"  # a population run: members/<k>/ holds member k's files (population.py)
 
 
 def eval_file(workdir, step: int) -> epath.Path:
@@ -42,6 +43,11 @@ def eval_file(workdir, step: int) -> epath.Path:
 def confusion_file(workdir, step: int) -> epath.Path:
   """The teacher's confusion-matrix PNG written with eval/step_N.json."""
   return epath.Path(workdir) / EVAL_DIR / f"confusion_teacher_step_{int(step)}.png"
+
+
+def member_dir(workdir, k: int) -> epath.Path:
+  """Member ``k``'s own run directory inside a population run's workdir."""
+  return epath.Path(workdir) / MEMBERS_DIR / str(int(k))
 
 
 def _is_local(path) -> bool:

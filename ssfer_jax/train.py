@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssfer_jax import algorithms, checkpoint, cli, console, metrics as metrics_lib, optim, parallel
-from ssfer_jax import evaluation, outputs, rundir, xla_options
+from ssfer_jax import evaluation, outputs, population, rundir, xla_options
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
@@ -78,8 +78,20 @@ class Trainer:
     self.is_main = jax.process_index() == 0
     self.algorithm = algorithms.get_algorithm(config.algorithm)
     self.dataset = load_dataset(config)
+    # A population (config.population.size > 1) stacks its members' states along a
+    # leading axis (population.py); member k is the single run member_configs[k].
+    self.members = population.size(config)
+    self.stacked = self.members > 1
+    self.member_configs = ([population.member_config(config, k) for k in range(self.members)]
+                           if self.stacked else [config])
     self.train_data = pipeline.split_train(self.dataset, config, self.algorithm,
                                            self.workdir if self.is_main else None)
+    self.member_data = [self.train_data] * self.members
+    if self.stacked and config.population.vary_split:
+      self.member_data = [pipeline.split_train(self.dataset, c, self.algorithm, (
+          population.member_workdir(self.workdir, k) if self.is_main else None))
+          for k, c in enumerate(self.member_configs)]
+      self.train_data = self.member_data[0]
     if devices is None and config.mesh.num_devices:
       devices = jax.devices()[:config.mesh.num_devices]
     self.mesh = parallel.make_mesh(config.mesh, devices)
@@ -91,7 +103,8 @@ class Trainer:
     self.model = build_model(config.model, self.dataset.num_classes)
     self.schedule, self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
     self.image_shape = (config.data.image_size, config.data.image_size, self.dataset.channels)
-    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    self.batch_sharding = parallel.batch_sharding(self.mesh, members=self.stacked)  # train batches
+    self.eval_sharding = parallel.batch_sharding(self.mesh)  # eval batches: every member sees them
     self.replicated = NamedSharding(self.mesh, P())
     self._build_state_fns()
 
@@ -103,35 +116,45 @@ class Trainer:
         num_unlabeled=len(self.train_data.unlabeled) if self.train_data.unlabeled else 0)
 
   def _build_state_fns(self):
-    rng = jax.random.PRNGKey(self.config.seed)
-    abstract = jax.eval_shape(self._init_fn, rng)
-    self.state_shardings = parallel.state_shardings(self.mesh, abstract)
+    vec = (lambda fn, in_axes: jax.vmap(fn, in_axes=in_axes)) if self.stacked else (
+        lambda fn, in_axes: fn)
+    init_fn = vec(self._init_fn, (0,))
+    abstract = jax.eval_shape(init_fn, population.init_keys(self.config))
+    self.state_shardings = parallel.state_shardings(self.mesh, abstract, members=self.stacked)
     self.abstract_state = checkpoint.abstract_like(abstract, self.state_shardings)
-    self.init_state = jax.jit(self._init_fn, out_shardings=self.state_shardings)
+    self.init_state = jax.jit(init_fn, out_shardings=self.state_shardings)
+    self.init_opt_state = jax.jit(vec(self.tx.init, (0,)),
+                                  out_shardings=self.state_shardings.opt_state)
     # XLA:CPU convolution path (CPU only, per executable): shown in the banner / run_info.json.
     self.xla_cpu_path, compiler_options = xla_options.for_platform(
         self.config.train.xla_cpu_options, self.mesh.devices.flat[0].platform)
     step_fn = step_lib.make_train_step(self.model, self.tx, self.algorithm, self.config,
                                        steps_per_epoch=self.train_data.steps_per_epoch,
                                        schedule=self.schedule)
+    if self.stacked:
+      step_fn = population.vectorize_step(step_fn)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                               out_shardings=(self.state_shardings, self.replicated),
                               donate_argnums=(0,), compiler_options=compiler_options)
-    eval_fn = step_lib.make_eval_step(self.model, self.config, self.dataset.num_classes)
-    self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_shardings,) + (self.batch_sharding,) * 3,
+    eval_fn = vec(step_lib.make_eval_step(self.model, self.config, self.dataset.num_classes),
+                  (0, None, None, None))
+    self.eval_step = jax.jit(eval_fn, in_shardings=(self.state_shardings,) + (self.eval_sharding,) * 3,
                              out_shardings=self.replicated, compiler_options=compiler_options)
 
   def fresh_state(self):
-    state = self.init_state(jax.random.PRNGKey(self.config.seed))
+    state = self.init_state(population.init_keys(self.config))
     if self.config.init_from:
       from ssfer_jax import pretrained  # only needed when importing weights
-      params, batch_stats = pretrained.load_into(jax.device_get(state.params),
-                                                 jax.device_get(state.batch_stats),
-                                                 self.config.init_from)
+      host = jax.device_get((state.params, state.batch_stats))
+      if self.stacked:  # every member starts from the same imported weights
+        host = population.member(host, 0)
+      params, batch_stats = pretrained.load_into(*host, self.config.init_from)
+      if self.stacked:
+        params, batch_stats = population.broadcast((params, batch_stats), self.members)
       state = state.replace(params=params, batch_stats=batch_stats, ema_params=params,
                             ema_batch_stats=batch_stats)
       state = jax.device_put(state, self.state_shardings)
-      state = state.replace(opt_state=jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(state.params))
+      state = state.replace(opt_state=self.init_opt_state(state.params))
     return state
 
   # -- evaluation ------------------------------------------------------------------------
@@ -150,11 +173,29 @@ class Trainer:
                                        self.config.data.image_size, self.dataset.channels)
     return self._val
 
-  def evaluate(self, state, arrays=None) -> dict:
+  def evaluate(self, state, arrays=None):
+    """{net: classification metrics} on the test set (or ``arrays``); for a population,
+    a list of those, one per member."""
     images, labels = self.test_arrays() if arrays is None else arrays
     cms = evaluation.confusion_matrices(self.eval_step, state, images, labels,
-                                        self.config.eval.batch_size, self.batch_sharding)
-    return {net: metrics_lib.classification_metrics(cm) for net, cm in cms.items()}
+                                        self.config.eval.batch_size, self.eval_sharding)
+    per = lambda k: {net: metrics_lib.classification_metrics(cm if k is None else cm[k])  # noqa: E731
+                     for net, cm in cms.items()}
+    return [per(k) for k in range(self.members)] if self.stacked else per(None)
+
+  def batches(self):
+    """The training input: the run's ``TrainBatches``, or a population's members' stacked."""
+    make = lambda c, d, sharding: pipeline.TrainBatches(  # noqa: E731
+        d, c, self.algorithm, self.dataset.channels, sharding=sharding)
+    if not self.stacked:
+      return make(self.config, self.train_data, self.batch_sharding)
+    return population.StackedBatches(
+        [make(c, d, None) for c, d in zip(self.member_configs, self.member_data)],
+        self.batch_sharding)
+
+  def overall(self, means: dict) -> dict:
+    """Training means over the population (per member they keep a leading axis)."""
+    return population.mean_over_members(means) if self.stacked else means
 
 
 def describe_nonfinite(flags: int) -> str:
@@ -190,6 +231,17 @@ def _progress_line(step, total, rate, eta, means, last_eval):
   if last_eval is not None:
     parts.append(f"last eval: teacher top-1 {last_eval:.4f}")
   return " | ".join(parts)
+
+
+def _run_row(trainer, step, wall, compile_s, means) -> dict:
+  """The ``kind: run`` metrics row saved with each checkpoint (``rundir.checkpoint_row``):
+  wall and compile time so far and the last training means (per member in a population)."""
+  row = {"step": step, "kind": "run", "wall_time_s": wall, "compile_s": compile_s,
+         "train": outputs.scalars(trainer.overall(means))}
+  if trainer.stacked:
+    row["members_train"] = [outputs.scalars(population.member_values(means, k))
+                            for k in range(trainer.members)]
+  return row
 
 
 def _means(acc_host) -> dict:
@@ -231,8 +283,8 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(workdir, keep=tcfg.keep_checkpoints,
                                  async_save=tcfg.async_checkpoint, owner=True)
-  batches = pipeline.TrainBatches(trainer.train_data, config, trainer.algorithm,
-                                  trainer.dataset.channels, sharding=trainer.batch_sharding)
+  batches = trainer.batches()
+  out = population if trainer.stacked else outputs  # where evaluations and the summary go
   restored = ckpt.restore_latest(trainer.abstract_state)
   if restored is not None:
     latest, state, data_state = restored
@@ -241,10 +293,11 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
   else:
     latest, state = None, trainer.fresh_state()
   console.say(console.banner(config, trainer, latest, workdir))
-  writer = metrics_lib.MetricWriter(workdir, trainer.dataset.class_names)
+  writer = (population.PopulationWriter(workdir, trainer.members, trainer.dataset.class_names)
+            if trainer.stacked else metrics_lib.MetricWriter(workdir, trainer.dataset.class_names))
   if latest is None:
     writer.config(config)
-  start_step = int(jax.device_get(state.step))
+  start_step = int(np.max(jax.device_get(state.step)))
   total = tcfg.num_steps
   # wall time of the segments that led to the restored checkpoint (so a resumed run's
   # summary reports the whole run's time, and a finished run's summary can be rebuilt)
@@ -297,15 +350,15 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
             writer.write(step, last_means, "train")
             if tcfg.progress and trainer.is_main:
               print(_progress_line(step, total, rate, (total - step) / max(rate, 1e-9),
-                                   last_means, last_eval), file=sys.stderr, flush=True)
+                                   trainer.overall(last_means), last_eval), file=sys.stderr,
+                    flush=True)
             acc = None
         if do_eval:
-          last_eval = outputs.write_eval(trainer, state, step, writer, workdir)
+          last_eval = out.write_eval(trainer, state, step, writer, workdir)
         if do_ckpt:
           if trainer.is_main:
-            writer.write_row({"step": step, "kind": "run", "wall_time_s":
-                              wall_before + time.time() - t_start, "compile_s": compile_s,
-                              "train": outputs.scalars(last_means)})
+            writer.write_row(_run_row(trainer, step, wall_before + time.time() - t_start,
+                                      compile_s, last_means))
           ckpt.save(step, state, batches.get_state())
         if preempted:
           ckpt.wait()
@@ -313,11 +366,11 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
                 f"(exit status {EXIT_PREEMPTED})", file=sys.stderr)
           return {"preempted_at": step}
     if start_step >= total:  # already finished: re-evaluate the final state for the summary
-      last_eval = outputs.write_eval(trainer, state, total, writer, workdir)
+      last_eval = out.write_eval(trainer, state, total, writer, workdir)
   finally:
     ckpt.close()
     writer.close()
-  return outputs.finish(trainer, workdir, last_means, wall_before + time.time() - t_start,
+  return out.finish(trainer, workdir, last_means, wall_before + time.time() - t_start,
                         compile_s, rerun=start_step >= total)
 
 

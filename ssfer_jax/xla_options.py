@@ -38,12 +38,14 @@ PRESETS = {
 # Instruction set -> path, from interleaved A/B runs of the dta_snl step (ResNet-18, B=2,
 # U=14), docs/performance.md, "The CPU convolution path". Checked in order, first match
 # wins; the flag names are /proc/cpuinfo's.
-# - avx512f: measured here (AMD EPYC Zen 5, jax 0.10.2): YNNPACK's path is 1.08-1.13x faster
-#   than Eigen's at 112 px, 11 % less CPU time; so XLA's own choice.
+# - avx512f: measured here on a quiet machine (AMD EPYC Zen 5, jax 0.10.2, load average
+#   <= 1.9 on 2 cores; two runs of 5 and 7 interleaved rounds): Eigen's path is 1.19x / 1.06x
+#   faster than YNNPACK's at 112 px and 1.24x / 1.26x at 224 px (paired medians). An earlier
+#   round under load 7-10 had pointed the other way; its ranking is withdrawn.
 # - avx2 (no avx512f): Eigen, from issue #19's measurement on an AVX2-only machine (0.79x the
 #   step time at 112 px, 0.56x at 224 px); not re-measured in this project's runs.
 AUTO_RULE = (
-    ("avx512f", "default"),
+    ("avx512f", "eigen"),
     ("avx2", "eigen"),
 )
 AUTO_FALLBACK = "default"   # other CPUs (no AVX2, aarch64): not measured, XLA's own choice

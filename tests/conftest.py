@@ -57,20 +57,32 @@ def kill_after(monkeypatch):
   they did, with no final checkpoint and no summary (what a SIGKILL leaves, less the
   in-flight async save, which closing the checkpointer completes). One shot: a later run
   in the same test (the resume) is not killed. Count from a fresh workdir."""
-  from ssfer_jax.data import pipeline
+  from ssfer_jax import train
 
-  original = pipeline.TrainBatches.__next__
+  original = train.Trainer.batches
 
   def arm(n: int):
     fetched = {"batches": 0, "armed": True}
 
-    def next_or_die(self):
-      if fetched["armed"] and fetched["batches"] == n:
-        fetched["armed"] = False
-        raise Killed(f"killed after step {n}")
-      fetched["batches"] += 1
-      return original(self)
+    class Dying:
+      """The run's batch iterator (a single run's or a population's), killed at batch n + 1."""
 
-    monkeypatch.setattr(pipeline.TrainBatches, "__next__", next_or_die)
+      def __init__(self, inner):
+        self.inner = inner
+
+      def __iter__(self):
+        return self
+
+      def __next__(self):
+        if fetched["armed"] and fetched["batches"] == n:
+          fetched["armed"] = False
+          raise Killed(f"killed after step {n}")
+        fetched["batches"] += 1
+        return next(self.inner)
+
+      def __getattr__(self, name):  # get_state / set_state
+        return getattr(self.inner, name)
+
+    monkeypatch.setattr(train.Trainer, "batches", lambda self: Dying(original(self)))
 
   return arm

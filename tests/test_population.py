@@ -1,0 +1,141 @@
+"""Population training (ssfer_jax/population.py): N members as one program.
+
+The claims checked here: member k of a population is the single run with seed + k (up to
+the float rounding of vmap's batched convolutions: same inputs, same keys, the sums in
+another order), a population sharded over 8 devices equals one device, a killed and
+resumed population run is bitwise-equal to an uninterrupted one, and the run writes every
+member's files.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import Killed, tiny_config
+from ssfer_jax import config as config_lib, population, train
+
+STEPS = 3
+# DTA+SNL with thresholds low enough that pseudo-labels pass and SNL engages in 3 steps
+# (the settings tests/test_parallel.py uses), SGD so that rounding stays rounding.
+DTA_SNL = {"algo.threshold_init": 0.6, "algo.threshold_min": 0.1, "algo.threshold_momentum": 0.5,
+           "algo.k": 3, "algo.neg_rampup_steps": 1, "optim.name": "sgd", "optim.lr": 0.05}
+
+
+def _states(config, workdir, devices=None, steps=STEPS):
+  """The train state and metrics after ``steps`` steps of the real Trainer and its input."""
+  t = train.Trainer(config, workdir, devices=devices)
+  batches = t.batches()
+  state = t.fresh_state()
+  metrics = []
+  for _ in range(steps):
+    state, m = t.train_step(state, next(batches))
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state), metrics
+
+
+@pytest.fixture(scope="module")
+def singles(tmp_path_factory):
+  """Three single runs, seeds 0, 1, 2."""
+  out = []
+  for seed in range(3):
+    c = tiny_config("dta_snl", seed=seed, **DTA_SNL)
+    out.append(_states(c, tmp_path_factory.mktemp(f"single{seed}")))
+  return out
+
+
+def test_members_equal_single_runs(singles, tmp_path):
+  c = tiny_config("dta_snl", **DTA_SNL, **{"population.size": 3})
+  state, metrics = _states(c, tmp_path)
+  assert state.step.shape == (3,) and list(state.step) == [STEPS] * 3
+  assert any(m["mask_rate"] > 0 for _, ms in singles for m in ms), "pseudo-labels must pass"
+  worst = 0.0
+  for k, (single, single_metrics) in enumerate(singles):
+    got = population.member(state, k)
+    for x, y in zip(jax.tree.leaves(single), jax.tree.leaves(got)):
+      if np.issubdtype(np.asarray(x).dtype, np.integer) or x.dtype == jax.dtypes.prng_key:
+        np.testing.assert_array_equal(x, y, err_msg=f"member {k}")  # steps, keys, counters
+      else:
+        scale = max(float(np.max(np.abs(x), initial=0.0)), 1e-30)  # relative to the leaf
+        worst = max(worst, float(np.max(np.abs(np.asarray(x, np.float64) - y), initial=0.0)) / scale)
+    np.testing.assert_allclose(metrics[-1]["loss"][k], single_metrics[-1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics[-1]["algo/tau"][k], single_metrics[-1]["algo/tau"],
+                               rtol=1e-5, atol=1e-6)
+  # vmap batches the members' convolutions (grouped convolutions on XLA:CPU), so the sums
+  # run in another order: not bit-equal. Measured worst difference over every float leaf
+  # after 3 SGD steps, relative to that leaf's largest magnitude: 5.9e-6 (Adam-free SGD
+  # momentum trace of a conv kernel; docs/population.md). The members themselves differ
+  # from one another by O(1) of that scale (checked next): each is its own run.
+  assert 0.0 <= worst < 1e-4, worst
+  fc = state.params["fc"]["kernel"]
+  assert np.max(np.abs(fc[0] - fc[1])) > 0.1 * np.max(np.abs(fc[0])), "members are own runs"
+
+
+def test_population_axis_on_eight_devices_equals_one_device(tmp_path):
+  assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
+  over = {"population.size": 4, "mesh.num_devices": 0, "train.xla_cpu_options": "default"}
+  one, _ = _states(tiny_config("dta_snl", **DTA_SNL, **over), tmp_path / "one",
+                   devices=jax.devices()[:1])
+  c8 = tiny_config("dta_snl", **DTA_SNL, **over, **{"mesh.population": 2})
+  t8 = train.Trainer(c8, tmp_path / "eight", devices=jax.devices()[:8])
+  assert dict(t8.mesh.shape) == {"population": 2, "data": 4, "fsdp": 1}
+  assert t8.state_shardings.params["fc"]["kernel"].spec[0] == "population"
+  eight, _ = _states(c8, tmp_path / "eight", devices=jax.devices()[:8])
+  for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)  # max seen: 3.6e-6 absolute
+
+
+def _final_state(workdir, config):
+  t = train.Trainer(config, workdir)
+  ckpt = train.checkpoint.Checkpointer(workdir, keep=2, async_save=False)
+  state = ckpt.restore_state(ckpt.latest_step(), t.abstract_state)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+def test_population_run_files_and_kill_resume(tmp_path, kill_after):
+  c = tiny_config("dta_snl", **DTA_SNL, **{"population.size": 2, "train.num_steps": 8,
+                                           "train.checkpoint_every": 4})
+  summary = train.run(c, tmp_path / "straight")
+  kill_after(6)                                         # 2 steps after the checkpoint at 4
+  with pytest.raises(Killed):
+    train.run(c, tmp_path / "resumed")
+  resumed = train.run(c, tmp_path / "resumed")
+  a, b = _final_state(tmp_path / "straight", c), _final_state(tmp_path / "resumed", c)
+  assert list(b.step) == [8, 8]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert resumed["members"][1]["teacher"] == summary["members"][1]["teacher"]
+
+  run = tmp_path / "straight"
+  on_disk = json.loads((run / "summary.json").read_text())
+  assert on_disk["kind"] == "population" and on_disk["population"]["seeds"] == [0, 1]
+  finals = [m["teacher"]["final_top1"] for m in on_disk["members"]]
+  d = on_disk["teacher"]["final_top1"]
+  assert d["values"] == finals and d["mean"] == pytest.approx(np.mean(finals))
+  assert d["std"] == pytest.approx(np.std(finals, ddof=1))
+  for k in range(2):
+    member = run / "members" / str(k)
+    assert json.loads((member / "summary.json").read_text())["seed"] == k
+    assert (member / "eval" / "step_8.json").exists() and (member / "thresholds.png").exists()
+    assert (member / "metrics.jsonl").exists() and (member / "report.html").exists()
+  # the run's metrics rows are the mean over members
+  rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  top = [r for r in rows if r["kind"] == "eval_teacher" and r["step"] == 8][-1]
+  assert top["top1"] == pytest.approx(np.mean(finals))
+
+
+def test_population_config_errors():
+  c = tiny_config("fixmatch", **{"population.size": 3, "mesh.population": 2})
+  with pytest.raises(ValueError, match="config.mesh.population=2 must divide"):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="config.population.size=0 is out of range"):
+    config_lib.validate(tiny_config("fixmatch", **{"population.size": 0}))
+
+
+def test_member_config_is_the_single_run():
+  c = tiny_config("fixmatch", seed=5, **{"population.size": 3, "population.vary_split": True})
+  m = population.member_config(c, 2)
+  assert (m.seed, m.data.split_seed, m.population.size) == (7, 2, 1)
+  assert c.seed == 5 and c.population.size == 3           # the population's config untouched
