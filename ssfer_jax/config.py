@@ -112,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.population = ml_collections.ConfigDict()
   c.population.size = 1               # 1: a single run (no member axis)
   c.population.vary_split = False     # member k also draws its labeled split with data.split_seed + k
+  c.population.vectorize = "auto"     # vmap (batched) | unroll (a copy per member) | auto (by platform)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.population = 1               # device groups the members are split over (divides population.size)
@@ -266,6 +267,7 @@ _RANGES = (
 # Keys whose value must be one of a fixed set of strings.
 _CHOICES = (
     ("train.transfer_guard", ("allow", "log", "disallow")),
+    ("population.vectorize", ("auto", "vmap", "unroll")),
 )
 
 

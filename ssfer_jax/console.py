@@ -93,6 +93,15 @@ def banner(config, trainer, resumed_from: int | None, workdir) -> str:
       f"{dev['num_processes']} process(es); mesh {mesh}"
       + (f"; XLA:CPU path {trainer.xla_cpu_path}" if getattr(trainer, "xla_cpu_path", None)
          else ""),
+  ]
+  if getattr(trainer, "stacked", False):
+    seeds = [c.seed for c in trainer.member_configs]
+    lines.append(
+        f"  members {trainer.members} (population.size) trained as one program ({trainer.vectorize}): seeds "
+        f"{seeds[0]}-{seeds[-1]}, " + ("each its own labeled split (data.split_seed + k)"
+                                       if config.population.vary_split else "one shared labeled split")
+        + f"; {trainer.mesh.shape['population']} device group(s); members/<k>/ holds member k's files")
+  lines += [
       f"  workdir {workdir} "
       + (f"(resuming from the checkpoint at step {resumed_from})" if resumed_from is not None
          else "(new run)"),

@@ -68,11 +68,41 @@ def init_keys(config):
   return jnp.stack([jax.random.PRNGKey(s) for s in seeds(config)])
 
 
-def vectorize_step(step_fn):
-  """The train step over stacked states and batches (``jax.vmap``). Its ``nonfinite``
-  flag becomes one bit mask for the whole population (any member's NaN stops the run);
-  the other metrics keep their member axis."""
-  stacked = jax.vmap(step_fn)
+# config.population.vectorize -> how the members share the program, by platform for
+# 'auto': measured in bench/population.py (docs/population.md).
+AUTO_VECTORIZE = {"cpu": "unroll"}
+AUTO_DEFAULT = "vmap"
+
+
+def how(config, platform: str) -> str:
+  """'vmap' or 'unroll' for ``config.population.vectorize`` on ``platform``."""
+  value = config.population.vectorize
+  return AUTO_VECTORIZE.get(platform, AUTO_DEFAULT) if value == "auto" else value
+
+
+def vectorize(fn, how: str, in_axes):
+  """``fn`` over a leading member axis of the arguments whose ``in_axes`` entry is 0 (the
+  others are shared by every member): ``jax.vmap`` (batched: XLA batches the members'
+  convolutions into grouped ones) or ``'unroll'`` (each member's own copy of the step in
+  the one program, its convolutions as a single run's; ``jax.lax.map``, a loop over
+  members, measured 24x slower on XLA:CPU than this, see docs/population.md)."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def mapped(*args):
+    n = next(jnp.shape(jax.tree.leaves(a)[0])[0] for a, ax in zip(args, in_axes) if ax == 0)
+    outs = [fn(*[member(a, k) if ax == 0 else a for a, ax in zip(args, in_axes)])
+            for k in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return mapped
+
+
+def vectorize_step(step_fn, how: str):
+  """The train step over stacked states and batches. Its ``nonfinite`` flag becomes one
+  bit mask for the whole population (any member's NaN stops the run); the other metrics
+  keep their member axis."""
+  stacked = vectorize(step_fn, how, (0, 0))
 
   def step(state, batch):
     state, metrics = stacked(state, batch)

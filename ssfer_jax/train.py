@@ -116,8 +116,10 @@ class Trainer:
         num_unlabeled=len(self.train_data.unlabeled) if self.train_data.unlabeled else 0)
 
   def _build_state_fns(self):
-    vec = (lambda fn, in_axes: jax.vmap(fn, in_axes=in_axes)) if self.stacked else (
-        lambda fn, in_axes: fn)
+    platform = self.mesh.devices.flat[0].platform
+    self.vectorize = population.how(self.config, platform) if self.stacked else None
+    vec = (lambda fn, in_axes: population.vectorize(fn, self.vectorize, in_axes)) if (
+        self.stacked) else (lambda fn, in_axes: fn)
     init_fn = vec(self._init_fn, (0,))
     abstract = jax.eval_shape(init_fn, population.init_keys(self.config))
     self.state_shardings = parallel.state_shardings(self.mesh, abstract, members=self.stacked)
@@ -132,7 +134,7 @@ class Trainer:
                                        steps_per_epoch=self.train_data.steps_per_epoch,
                                        schedule=self.schedule)
     if self.stacked:
-      step_fn = population.vectorize_step(step_fn)
+      step_fn = population.vectorize_step(step_fn, self.vectorize)
     self.train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_sharding),
                               out_shardings=(self.state_shardings, self.replicated),
                               donate_argnums=(0,), compiler_options=compiler_options)
