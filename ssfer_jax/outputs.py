@@ -201,7 +201,7 @@ def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dic
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
     rundir.write_json(summary_path, summary, indent=2)  # thresholds.png: by the final write_eval
-    from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
+    from ssfer_jax.tools import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
     final_eval = history[summary["final_step"]]
     console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))

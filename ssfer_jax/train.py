@@ -124,7 +124,7 @@ class Trainer:
   def fresh_state(self):
     state = self.init_state(jax.random.PRNGKey(self.config.seed))
     if self.config.init_from:
-      from ssfer_jax import pretrained  # only needed when importing weights
+      from ssfer_jax.models import pretrained  # only needed when importing weights
       params, batch_stats = pretrained.load_into(jax.device_get(state.params),
                                                  jax.device_get(state.batch_stats),
                                                  self.config.init_from)

@@ -1,7 +1,7 @@
 """ResNet-18 / ResNet-50 backbones (Flax linen, NHWC, BatchNorm).
 
 The layout follows torchvision's ResNet (7x7/2 stem, 3x3/2 max-pool, four stages)
-so that ``ssfer_jax.convert`` can map a PyTorch ``state_dict`` onto it one to one:
+so that ``ssfer_jax.tools.convert`` can map a PyTorch ``state_dict`` onto it one to one:
 module names here are ``conv1``, ``bn1``, ``layer{1..4}_{i}`` with ``conv{1,2,3}``,
 ``bn{1,2,3}`` and ``downsample_conv`` / ``downsample_bn``.
 """
