@@ -32,16 +32,14 @@ step is asynchronous like the JAX one; ``synchronize()`` waits for it.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
+import common  # noqa: F401  (bench/common.py: the repository on sys.path)
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ssfer_jax.models.torch_resnet import ResNet18  # noqa: E402  (the one torch twin of the backbone)
+from ssfer_jax.models.torch_resnet import ResNet18  # the one torch twin of the backbone
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
