@@ -58,7 +58,8 @@ def rounds_summary(seconds: list, images_per_step: int) -> dict:
   machine the best is the least disturbed), as seconds and images/s."""
   med = statistics.median(seconds)
   return {"step_s": med, "step_s_best": min(seconds), "step_s_rounds": list(seconds),
-          "images_per_s": images_per_step / med, "images_per_s_best": images_per_step / min(seconds)}
+          "images_per_s": images_per_step / med,
+          "images_per_s_best": images_per_step / min(seconds)}
 
 
 def error_text(e: BaseException) -> str:

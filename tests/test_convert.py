@@ -1,4 +1,5 @@
-"""PyTorch ResNet -> Flax conversion (ssfer_jax.tools.convert) and loading (ssfer_jax.models.pretrained)."""
+"""PyTorch ResNet -> Flax conversion (ssfer_jax.tools.convert) and loading
+(ssfer_jax.models.pretrained)."""
 
 import jax
 import jax.numpy as jnp
