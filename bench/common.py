@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -71,16 +70,16 @@ def error_text(e: BaseException) -> str:
 def write_json(path: str, payload) -> None:
   """Writes ``payload`` whole (temporary file + rename), so that a script killed while
   writing leaves the previous version; numpy and jax scalars become floats."""
-  folder = os.path.dirname(os.path.abspath(path))
+  folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
+  tmp = os.path.join(folder, f".{name}.tmp.{os.getpid()}")
   try:
-    with os.fdopen(fd, "w") as f:
+    with open(tmp, "w") as f:
       json.dump(payload, f, indent=2, default=float)
     os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
 
 
 def read_json(path: str):
