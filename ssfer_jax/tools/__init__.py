@@ -1,7 +1,8 @@
 """The tools around a trained run, each a command line (``python -m ssfer_jax.tools.NAME``).
 
-They use the trainer's services and are not part of the training loop (the one exception:
-``train`` writes each run's own report.html through ``report.write_run_report``):
+They use the trainer's services (``inference``, ``evaluation``, ``rundir``) and are not part of
+the training loop; the one call back in: ``outputs.finish`` writes each run's own report.html
+through ``report.write_run_report``.
 
 * ``predict``: expressions of image files, optionally after ``faces`` (face detection).
 * ``evaluate``: a trained run on another dataset or split (label sets mapped).
