@@ -27,11 +27,11 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare_methods as cm  # noqa: E402  (bench/ is not a package)
+import common  # noqa: F401  (bench/common.py: the repository on sys.path)
+import compare_methods as cm  # (bench/ is not a package)
+from absl import flags
 
-from absl import flags  # noqa: E402
-from ssfer_jax import cli, config as config_lib  # noqa: E402  (on sys.path through compare_methods)
+from ssfer_jax import cli, config as config_lib
 
 ROWS = (  # (row name, variant, method, overrides)
     ("supervised", "", "supervised", ()),

@@ -38,13 +38,10 @@ import sys
 import time
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+import common  # noqa: F401  (bench/common.py: the repository on sys.path)
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from ssfer_jax import cli, config as config_lib, stats  # noqa: E402
+from ssfer_jax import cli, config as config_lib, stats
 
 DEFAULT_METHODS = ("supervised", "fixmatch", "flexmatch", "freematch", "softmatch", "adacm", "dtm",
                    "dta_snl", "full_supervised")

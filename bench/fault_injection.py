@@ -29,13 +29,12 @@ import subprocess
 import sys
 import time
 
+import common  # bench/common.py: the repository on sys.path
 import numpy as np
 from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
-from ssfer_jax import cli  # noqa: E402
+from ssfer_jax import cli
+
 TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
         "--config.dataset.render_size=24", "--config.data.image_size=24",
         "--config.data.batch_size=8", "--config.data.uratio=2",
@@ -66,8 +65,8 @@ def run_once(workdir: str, kill_after: float | None, log, *, from_first_step=Fal
   err_path = os.path.join(workdir + ".stderr")
   with open(err_path, "w") as err:
     t0 = time.time()
-    proc = subprocess.Popen(command(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(command(workdir), cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                            env={**os.environ, "PYTHONPATH": common.ROOT})
     phase, first_step = None, None
     deadline = None if kill_after is None or from_first_step else t0 + kill_after
     while proc.poll() is None and (deadline is None or time.time() < deadline):

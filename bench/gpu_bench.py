@@ -31,22 +31,16 @@ measured. ``--out`` defaults to ``$OUT`` if set, else ``runs/gpu_bench``.
 from __future__ import annotations
 
 import gc
-import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # bench/common.py: the repository on sys.path, timing and JSON helpers
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
+from ssfer_jax import cli
 
-from ssfer_jax import cli  # noqa: E402
-
-import train_step as ts  # noqa: E402  (defines --sizes, --modes, --uratio, --steps, --rounds, --warmup)
+import train_step as ts  # (defines --sizes, --modes, --uratio, --steps, --rounds, --warmup)
 
 _PART = flags.DEFINE_enum("part", "steps", ["steps", "torch_compile", "input", "report"],
                           "Which part to run (see the module docstring).")
@@ -72,17 +66,11 @@ def cells():
 
 
 def _write(part: str, payload) -> None:
-  os.makedirs(_OUT.value, exist_ok=True)
-  with open(os.path.join(_OUT.value, part + ".json"), "w") as f:
-    json.dump(payload, f, indent=2, default=float)
+  common.write_json(os.path.join(_OUT.value, part + ".json"), payload)
 
 
 def _read(part: str):
-  path = os.path.join(_OUT.value, part + ".json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return common.read_json(os.path.join(_OUT.value, part + ".json"))
 
 
 def torch_cell(mode, size, b, dtype, compile=False):
@@ -94,12 +82,10 @@ def torch_cell(mode, size, b, dtype, compile=False):
 
 
 def _summary(times, images_per_step, flops=None):
-  med = statistics.median(times)
-  out = {"step_s": med, "step_s_best": min(times), "step_s_rounds": times,
-         "images_per_s": images_per_step / med}
+  out = common.rounds_summary(times, images_per_step)
   if flops:
-    out["tflops_per_s"] = flops / med / 1e12
-    out["mfu"] = flops / med / (_PEAK.value * 1e12)
+    out["tflops_per_s"] = flops / out["step_s"] / 1e12
+    out["mfu"] = flops / out["step_s"] / (_PEAK.value * 1e12)
   return out
 
 
@@ -114,10 +100,10 @@ def _free():
 
 
 def part_steps():
-  import jax
   t_start = time.perf_counter()
-  out = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform,
-         "jax": jax.__version__, "uratio": ts._URATIO.value, "peak_tflops": _PEAK.value,
+  m = common.machine()
+  print(common.machine_line(m), flush=True)
+  out = {**m, "uratio": ts._URATIO.value, "peak_tflops": _PEAK.value,
          "rounds": ts._ROUNDS.value, "steps": ts._STEPS.value, "cells": [], "skipped": []}
   for size, b, mode, dtype in cells():
     key = {"size": size, "batch": b, "mode": mode, "dtype": dtype}
@@ -139,7 +125,7 @@ def part_steps():
                                        / rec["torch_eager"]["images_per_s"])
         del runners, j
     except Exception as e:  # one cell's failure (e.g. out of memory) must not end the run
-      rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      rec["error"] = common.error_text(e)
     _free()
     out["cells"].append(rec)
     _write("steps", out)
@@ -175,16 +161,13 @@ def part_torch_compile():
         rec["status"] = f"compiled in {rec['compile_s']:.0f} s > {_COMPILE_LIMIT.value:.0f} s: not used"
       else:
         cell.run(ts._WARMUP.value)
-        times = []
-        for _ in range(ts._ROUNDS.value):
-          t0 = time.perf_counter()
-          cell.run(ts._STEPS.value)
-          times.append((time.perf_counter() - t0) / ts._STEPS.value)
+        times = [common.per_call_s(lambda: cell.run(ts._STEPS.value), 1) / ts._STEPS.value
+                 for _ in range(ts._ROUNDS.value)]
         rec.update(_summary(times, cell.images_per_step))
         rec["status"] = "ok"
       del cell
     except Exception as e:
-      rec["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      rec["status"] = f"failed: {common.error_text(e)}"
     _free()
     _write("torch_compile", out)
     print(f"torch.compile {rec}", flush=True)
@@ -261,8 +244,7 @@ def part_report():
   os.makedirs(_OUT.value, exist_ok=True)
   with open(os.path.join(_OUT.value, "gpu_bench.md"), "w") as f:
     f.write(text)
-  with open(os.path.join(_OUT.value, "gpu_bench.json"), "w") as f:
-    json.dump(merged, f, indent=2, default=float)
+  common.write_json(os.path.join(_OUT.value, "gpu_bench.json"), merged)
   print(text)
 
 

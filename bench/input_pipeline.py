@@ -19,17 +19,15 @@ The first batch (worker start-up, file opening) is not timed. The table prints i
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # bench/common.py: the repository on sys.path, timing helpers
+import numpy as np
+from absl import flags
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ssfer_jax import cli  # noqa: E402
+from ssfer_jax import cli
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Images in the benchmark dataset.")
 _BATCHES = flags.DEFINE_integer("batches", 12, "Timed batches per grain configuration.")
@@ -92,10 +90,7 @@ def grain_stream(data_dir, size, workers, batch, batches):
   it = iter(pipeline.unlabeled_stream(train, c, ds.channels, algo.views))
   first = next(it)
   assert first["x_ulb_s"].shape == (batch, size, size, 3)
-  t = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  rate = batches * batch / (time.perf_counter() - t)
+  rate = batch / common.per_call_s(lambda: next(it), batches)
   del it
   return rate
 
@@ -103,6 +98,7 @@ def grain_stream(data_dir, size, workers, batch, batches):
 def main(argv):
   del argv
   from ssfer_jax.data.prepare import prepare
+  machine = common.machine()  # the load before the timings
   with tempfile.TemporaryDirectory() as tmp:
     paths = make_rafdb_tree(os.path.join(tmp, "basic"), _NUM_IMAGES.value)
     prepare("rafdb", os.path.join(tmp, "basic"), os.path.join(tmp, "data"))
@@ -115,7 +111,7 @@ def main(argv):
                for w in workers]
       rows.append((size, loop, rates))
   print(f"\nunlabeled images/s (weak + strong view each), {_NUM_IMAGES.value} 100x100 JPEGs, "
-        f"batch {_BATCH.value}, {_BATCHES.value} timed batches, {os.cpu_count()} CPUs")
+        f"batch {_BATCH.value}, {_BATCHES.value} timed batches; {common.machine_line(machine)}")
   head = f"{'size':>6} {'plain loop':>11}" + "".join(f" {f'grain {w}w':>10}" for w in workers)
   print(head)
   for size, loop, rates in rows:

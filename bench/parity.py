@@ -9,21 +9,18 @@ exit status 1 on a mismatch. The bench's timings are only comparable while this 
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: F401  (bench/common.py: the repository on sys.path)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import torch_reference as ref  # noqa: E402  (bench/ is not a package)
-import train_step as bench  # noqa: E402  (the bench's config: same settings as the timings)
-from ssfer_jax import algorithms, optim, step as step_lib, state as state_lib  # noqa: E402
-from ssfer_jax.models import build_model  # noqa: E402
+import torch_reference as ref  # (bench/ is not a package)
+import train_step as bench  # (the bench's config: same settings as the timings)
+from ssfer_jax import algorithms, optim, step as step_lib, state as state_lib
+from ssfer_jax.models import build_model
 
 
 def parity_check(size=64, b=2, uratio=7, seed=0) -> dict:

@@ -32,16 +32,14 @@ step is asynchronous like the JAX one; ``synchronize()`` waits for it.
 from __future__ import annotations
 
 import math
-import os
-import sys
 
+import common  # noqa: F401  (bench/common.py: the repository on sys.path)
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ssfer_jax.torch_resnet import ResNet18  # noqa: E402  (the one torch twin of the backbone)
+from ssfer_jax.models.torch_resnet import ResNet18  # the one torch twin of the backbone
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -230,7 +228,7 @@ class TorchStep:
 
 def torch_to_flax_variables(step: TorchStep, template_params, template_stats):
   """The torch student's weights in ssfer_jax's FERNet variable layout."""
-  from ssfer_jax import convert
+  from ssfer_jax.tools import convert
   sd = {k[len("backbone."):]: v.detach().cpu().numpy()
         for k, v in step.model.state_dict().items() if k.startswith("backbone.")}
   params, stats, _ = convert.convert_state_dict(sd, "resnet18")

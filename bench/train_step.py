@@ -77,13 +77,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # bench/common.py: the repository on sys.path, timing and JSON helpers
+import numpy as np
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-
-from ssfer_jax import cli, config as config_lib  # noqa: E402
+from ssfer_jax import cli, config as config_lib
 
 _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled: uratio x B).")
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
@@ -291,11 +289,7 @@ def measured_matmul_peak(n=None, reps=5) -> dict:
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST))
   f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
+  best = min(common.per_call_s(lambda: f(a), 1, jax.block_until_ready) for _ in range(reps))
   return {"matmul_n": n, "matmul_flops_per_s": 2 * n**3 / best}
 
 
@@ -399,19 +393,12 @@ def time_algorithm(b, uratio, iters=200) -> dict:
   for name, fn, args in (("forward", fwd, (state, arrays)),
                          ("forward+grad", grad, (arrays["logits_ulb_s"], state, arrays))):
     jax.block_until_ready(fn(*args))
-    t0 = time.perf_counter()
-    for _ in range(iters):
-      r = fn(*args)
-    jax.block_until_ready(r)
-    out[name + "_us"] = (time.perf_counter() - t0) / iters * 1e6
+    out[name + "_us"] = common.per_call_s(lambda: fn(*args), iters, jax.block_until_ready) * 1e6
   # Dispatch floor: an empty jitted function with the same arguments.
   nop = jax.jit(lambda st, arr: st["tau"])
   jax.block_until_ready(nop(state, arrays))
-  t0 = time.perf_counter()
-  for _ in range(iters):
-    r = nop(state, arrays)
-  jax.block_until_ready(r)
-  out["dispatch_floor_us"] = (time.perf_counter() - t0) / iters * 1e6
+  out["dispatch_floor_us"] = common.per_call_s(lambda: nop(state, arrays), iters,
+                                               jax.block_until_ready) * 1e6
   return out
 
 
@@ -438,11 +425,8 @@ def time_input_pipeline(size, b, uratio, batches, workdir, num_workers=None) -> 
   untimed = 1 + (c.data.prefetch * max(1, c.data.num_workers) if c.data.num_workers else 0)
   for _ in range(untimed):
     next(it)
-  t0 = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  dt = time.perf_counter() - t0
-  return {"images_per_s": batches * b * (1 + uratio) / dt, "num_workers": c.data.num_workers,
+  per_batch_s = common.per_call_s(lambda: next(it), batches)
+  return {"images_per_s": b * (1 + uratio) / per_batch_s, "num_workers": c.data.num_workers,
           "read_threads": c.data.read_threads, "timed_batches": batches,
           "untimed_batches": untimed}
 
@@ -472,10 +456,7 @@ def time_loop(config, steps, workdir) -> dict:
          "uratio": config.data.uratio if t.algorithm.uses_unlabeled else 0,
          "image_size": config.data.image_size, "backbone": config.model.backbone,
          "num_workers": config.data.num_workers, "read_threads": config.data.read_threads}
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  out["input_steps_per_s"] = steps / (time.perf_counter() - t0)
+  out["input_steps_per_s"] = 1.0 / common.per_call_s(lambda: next(batches), steps)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, m = t.train_step(state, dev_batch)
@@ -498,19 +479,16 @@ def _fmt_rate(x):
 def main(argv):
   del argv
   import jax
-  from ssfer_jax import xla_options
-  results = {"device": str(jax.devices()[0]), "platform": jax.devices()[0].platform,
-             "batch": _BATCH.value, "uratio": _URATIO.value, "cpu_count": os.cpu_count(),
-             "instruction_set": xla_options.instruction_set(), "jax": jax.__version__,
-             "command": " ".join(sys.argv),
-             "loadavg_start": os.getloadavg(), "steps": {}, "algo": None, "input": {}}
+  m = common.machine()
+  results = {**m, "batch": _BATCH.value, "uratio": _URATIO.value, "command": " ".join(sys.argv),
+             "steps": {}, "algo": None, "input": {}}
+  results["loadavg_start"] = results.pop("loadavg")
   b, uratio = _BATCH.value, _URATIO.value
   sizes = [int(s) for s in _SIZES.value]
   parts = set(_PARTS.value)
-  print(f"device: {results['device']}  B={b}  U={b * uratio}  distinct images/step="
-        f"{b * (1 + uratio)} (supervised_views: {images_per_step('supervised_views', b, uratio)})  "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, instruction set "
-        f"{results['instruction_set']}, jax {jax.__version__}", flush=True)
+  print(f"{common.machine_line(m)}; B={b}  U={b * uratio}  distinct images/step="
+        f"{b * (1 + uratio)} (supervised_views: {images_per_step('supervised_views', b, uratio)})",
+        flush=True)
 
   if "peak" in parts:
     peak = measured_matmul_peak()
@@ -544,14 +522,11 @@ def main(argv):
             runners[f"torch/{mode}"] = TorchRunner(mode, size, b, uratio)
         times, cpu = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value)
       for name, ts in times.items():
-        med = statistics.median(ts)
         rec = info.setdefault(name, {})
-        rec.update(step_s=med, step_s_best=min(ts), step_s_rounds=ts,
-                   cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name],
-                   images_per_s=runners[name].images_per_step / med,
-                   images_per_s_best=runners[name].images_per_step / min(ts))
+        rec.update(common.rounds_summary(ts, runners[name].images_per_step),
+                   cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name])
         if "flops_per_step" in rec:
-          rec["flops_per_s"] = rec["flops_per_step"] / med
+          rec["flops_per_s"] = rec["flops_per_step"] / rec["step_s"]
       results["steps"][size] = info
       results.setdefault("loadavg_steps", {})[size] = os.getloadavg()
       _print_step_table(size, info, results.get("peak"), results)
@@ -601,8 +576,7 @@ def main(argv):
 
   results["loadavg_end"] = os.getloadavg()
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(results, f, indent=2, default=float)
+    common.write_json(_JSON.value, results)
 
 
 def jax_variants(platform):

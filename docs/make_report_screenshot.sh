@@ -29,8 +29,8 @@ SHORT="--config.train.num_steps=300 --config.train.eval_every=50 --config.train.
 "$PYTHON" -m ssfer_jax.main --config=configs/default_dta_snl.py $SHORT --workdir="$RUNS/dta_snl"
 # shellcheck disable=SC2086
 "$PYTHON" -m ssfer_jax.main --config=configs/default.py:fixmatch $SHORT --workdir="$RUNS/fixmatch"
-"$PYTHON" -m ssfer_jax.evaluate --workdir="$RUNS/dta_snl" --dataset=synthetic --split=train
-"$PYTHON" -m ssfer_jax.report "$RUNS/dta_snl" "$RUNS/fixmatch" --out="$RUNS/report.html" \
+"$PYTHON" -m ssfer_jax.tools.evaluate --workdir="$RUNS/dta_snl" --dataset=synthetic --split=train
+"$PYTHON" -m ssfer_jax.tools.report "$RUNS/dta_snl" "$RUNS/fixmatch" --out="$RUNS/report.html" \
   --title="ssfer_jax: DTA+SNL vs FixMatch, synthetic faces, 300 steps"
 
 PROFILE=$(mktemp -d)

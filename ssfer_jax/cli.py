@@ -10,7 +10,7 @@ environment brings the traceback back (for bug reports).
 
     @cli.guard
     def main(argv=None):
-      paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.tool", __doc__, positional="PATH")
+      paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.NAME", __doc__, positional="PATH")
 
     cli.run_absl(main)               # app.run mains on absl's global FLAGS (main, prepare)
 """

@@ -5,7 +5,7 @@
     # {'teacher': (C, C), 'student': (C, C)} numpy counts, rows true, columns predicted
 
 ``eval_step`` is ``step.make_eval_step`` compiled over a mesh; the trainer calls this
-with its live TrainState (``Trainer.evaluate``), and ``python -m ssfer_jax.evaluate``
+with its live TrainState (``Trainer.evaluate``), and ``python -m ssfer_jax.tools.evaluate``
 with the variables of a restored checkpoint (``run_confusions``). Both batch the same
 way (``pipeline.eval_batches``: fixed-size global batches, the last one padded with
 rows of valid=0), so a run's final checkpoint evaluated on its own test split gives the

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ssfer_jax import rundir
+from ssfer_jax import config_json, rundir
 
 
 def classification_metrics(confusion) -> dict:
@@ -95,7 +95,7 @@ class MetricWriter:
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     self.tb.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)
     flat = {}
-    for key, value in _config_leaves(json.loads(text)):
+    for key, value in config_json.leaves(json.loads(text)):
       flat[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     for summary in hparams(flat, {m: 0.0 for m in metric_names}):
       self.tb.file_writer.add_summary(summary)
@@ -117,14 +117,6 @@ class MetricWriter:
     if self.enabled:
       self.tb.close()
       self.jsonl.close()
-
-
-def _config_leaves(d: dict, prefix: str = ""):
-  for k, v in d.items():
-    if isinstance(v, dict):
-      yield from _config_leaves(v, prefix + k + ".")
-    else:
-      yield prefix + k, v
 
 
 def format_duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ssfer_jax import console, plots, rundir, selection
+from ssfer_jax import config_json, console, plots, rundir, selection
 
 
 def ensure_writable(workdir) -> epath.Path:
@@ -57,19 +57,11 @@ def _under(key: str, prefixes) -> bool:
   return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def _leaves(d: dict, prefix=""):
-  for k, v in d.items():
-    if isinstance(v, dict) and v:
-      yield from _leaves(v, prefix + k + ".")
-    else:
-      yield prefix + k, v
-
-
 def resume_conflicts(old: dict, new: dict):
   """(identity, hyper) lists of ``(key, old value, new value)`` where two configs (as
   config.json dicts) differ: ``identity`` keys make it a different run (another method,
   dataset, model or label split), ``hyper`` keys change what the rest of the run computes."""
-  a, b = dict(_leaves(old)), dict(_leaves(new))
+  a, b = dict(config_json.leaves(old)), dict(config_json.leaves(new))
   missing = object()
   identity, hyper = [], []
   for key in sorted(set(a) | set(b)):
@@ -219,7 +211,7 @@ def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dic
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s", "train") if k in old})
   if trainer.is_main:
     rundir.write_json(summary_path, summary, indent=2)  # thresholds.png: by the final write_eval
-    from ssfer_jax import report  # WORKDIR/report.html (logs, never raises, on failure)
+    from ssfer_jax.tools import report  # WORKDIR/report.html (logs, never raises, on failure)
     report.write_run_report(workdir)
     final_eval = history[summary["final_step"]]
     console.say(console.results_table(summary, final_eval, trainer.dataset.class_names, workdir))

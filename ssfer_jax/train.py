@@ -146,7 +146,7 @@ class Trainer:
   def fresh_state(self):
     state = self.init_state(population.init_keys(self.config))
     if self.config.init_from:
-      from ssfer_jax import pretrained  # only needed when importing weights
+      from ssfer_jax.models import pretrained  # only needed when importing weights
       host = jax.device_get((state.params, state.batch_stats))
       if self.stacked:  # every member starts from the same imported weights
         host = population.member(host, 0)

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import tiny_config
-from ssfer_jax import cli, convert, evaluate, export, outputs, predict, report, train
+from ssfer_jax import cli, outputs, train
+from ssfer_jax.tools import convert, evaluate, export, predict, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
@@ -129,7 +130,7 @@ def test_tools_have_their_own_flags_reset_on_every_call(tmp_path, capsys):
     report.main([missing, "--help"])
   assert e.value.code == 0
   out = capsys.readouterr().out
-  assert out.startswith("usage: python -m ssfer_jax.report [flags] RUN [RUN ...]")
+  assert out.startswith("usage: python -m ssfer_jax.tools.report [flags] RUN [RUN ...]")
   assert report.__doc__.strip().splitlines()[0] in out
   assert "--title: the report's heading" in out and "(default: 'report.html')" in out
 

@@ -1,11 +1,13 @@
-"""PyTorch ResNet -> Flax conversion (ssfer_jax.convert) and loading (ssfer_jax.pretrained)."""
+"""PyTorch ResNet -> Flax conversion (ssfer_jax.tools.convert) and loading
+(ssfer_jax.models.pretrained)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssfer_jax import convert, pretrained
+from ssfer_jax.models import pretrained
+from ssfer_jax.tools import convert
 from ssfer_jax.config import base_config
 from ssfer_jax.models import build_model
 from ssfer_jax.models.resnet import ResNet18
@@ -13,7 +15,7 @@ from ssfer_jax.models.resnet import ResNet18
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
-from ssfer_jax.torch_resnet import ResNet18 as TorchResNet18  # noqa: E402  (needs torch)
+from ssfer_jax.models.torch_resnet import ResNet18 as TorchResNet18  # noqa: E402  (needs torch)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_load_into_wrong_model_and_bad_files(torch_net, tmp_path):
   with pytest.raises(ValueError, match=r"\(resnet18\): the params do not match.*missing.*unexpected"
                                        r".*config\.model\.backbone"):
     pretrained.load_into(variables["params"], variables["batch_stats"], tmp_path / "r18")
-  with pytest.raises(FileNotFoundError, match="ssfer_jax.convert"):
+  with pytest.raises(FileNotFoundError, match="ssfer_jax.tools.convert"):
     pretrained.load_into(variables["params"], variables["batch_stats"], tmp_path / "nothing")
   garbage = tmp_path / "garbage.pth"
   garbage.write_bytes(b"this is not a checkpoint")

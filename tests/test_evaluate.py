@@ -1,4 +1,4 @@
-"""ssfer_jax.evaluate: a tiny trained run evaluated on its own data (reproduces
+"""ssfer_jax.tools.evaluate: a tiny trained run evaluated on its own data (reproduces
 summary.json exactly) and on fixture datasets with other label sets (mapping through the
 canonical order, dropped examples counted, model classes without examples reported)."""
 
@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from ssfer_jax import evaluate, train
+from ssfer_jax import train
+from ssfer_jax.tools import evaluate
 from ssfer_jax.data import classes
 from ssfer_jax.data.prepare import prepare
 from tests import fixtures

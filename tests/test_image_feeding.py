@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssfer_jax import algorithms, checkpoint, evaluate, export, inference, models, optim
-from ssfer_jax import predict
+from ssfer_jax import algorithms, checkpoint, inference, models, optim
+from ssfer_jax.tools import evaluate, export, predict
 from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.data import classes, images, pipeline

@@ -1,4 +1,4 @@
-"""ssfer_jax.predict on a tiny trained run: restore, face detection on real CK+ photos,
+"""ssfer_jax.tools.predict on a tiny trained run: restore, face detection on real CK+ photos,
 the CSV / JSON outputs, and per-file errors."""
 
 import csv
@@ -19,7 +19,8 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from ssfer_jax import checkpoint, faces, inference, predict, train
+from ssfer_jax import checkpoint, inference, train
+from ssfer_jax.tools import faces, predict
 from ssfer_jax.config import base_config, set_algorithm
 from ssfer_jax.data import classes
 
@@ -178,7 +179,7 @@ def test_clear_errors_for_bad_run(tmp_path, capsys):
 
 def test_export_loads_without_training_code(run_dir, tmp_path):
   """The README loader (jax + numpy + PIL only) in a fresh process gives predict's output."""
-  from ssfer_jax import export
+  from ssfer_jax.tools import export
   out = tmp_path / "exported"
   assert export.main([f"--workdir={run_dir}", f"--output={out}", "--platforms=cpu"]) == 0
   face = tmp_path / "face.png"

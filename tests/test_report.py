@@ -1,4 +1,4 @@
-"""ssfer_jax.report from real run outputs: every section present, self-contained (inline
+"""ssfer_jax.tools.report from real run outputs: every section present, self-contained (inline
 PNGs, no network references, no script), (kind, step) de-duplication, and runs with
 missing pieces (no evaluation yet, no thresholds)."""
 
@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from ssfer_jax import plots, report, rundir, train
+from ssfer_jax import plots, rundir, train
+from ssfer_jax.tools import report
 from tests.conftest import tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -118,7 +118,7 @@ def test_an_undeclared_view_is_a_clear_error():
 
 @pytest.mark.parametrize("method", ["flexmatch", "freematch"])
 def test_flexmatch_freematch_runs_chart_their_thresholds(method, tmp_path):
-  from ssfer_jax import report
+  from ssfer_jax.tools import report
   train.run(tiny_config(method, **{"train.num_steps": 4, "train.eval_every": 4}), tmp_path)
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   last = [r for r in rows if r.get("kind") == "train"][-1]

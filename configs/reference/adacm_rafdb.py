@@ -34,7 +34,7 @@ choice stated here, not an accident):
 6. Colour order: the reference reads images with ``cv2.imread`` (BGR) and never converts
    them, while normalising with RGB ImageNet statistics; here images are RGB.
 7. Pretrained weights: MS-Celeb-1M ResNet-18 must be converted and passed with
-   ``--config.init_from`` (``python -m ssfer_jax.convert``); without it the network
+   ``--config.init_from`` (``python -m ssfer_jax.tools.convert``); without it the network
    starts from scratch (the reference loads them unconditionally).
 8. Data order: grain's seeded shuffles and ``drop_remainder`` batches, not torch's
    ``DataLoader(shuffle=True, drop_last=True)`` restarted each epoch.

@@ -7,7 +7,7 @@ variant simply appends ``contempt``:
 
 Every builder, the synthetic data, evaluation and prediction map labels through
 this module and nowhere else; ``map_labels`` matches one dataset's classes to a
-model's (``python -m ssfer_jax.evaluate`` on another dataset) through it.
+model's (``python -m ssfer_jax.tools.evaluate`` on another dataset) through it.
 """
 
 from __future__ import annotations

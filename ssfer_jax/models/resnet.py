@@ -1,7 +1,7 @@
 """ResNet-18 / ResNet-50 backbones (Flax linen, NHWC, BatchNorm).
 
 The layout follows torchvision's ResNet (7x7/2 stem, 3x3/2 max-pool, four stages)
-so that ``ssfer_jax.convert`` can map a PyTorch ``state_dict`` onto it one to one:
+so that ``ssfer_jax.tools.convert`` can map a PyTorch ``state_dict`` onto it one to one:
 module names here are ``conv1``, ``bn1``, ``layer{1..4}_{i}`` with ``conv{1,2,3}``,
 ``bn{1,2,3}`` and ``downsample_conv`` / ``downsample_bn``.
 """
@@ -19,38 +19,39 @@ from ssfer_jax.models import pooling
 ModuleDef = Any
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """What both residual blocks share: their fields, and the shortcut added before the last
+  ReLU (a strided 1x1 convolution + BatchNorm where the branch changes the shape)."""
   filters: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+
+  def _add_shortcut(self, x, y):
+    if x.shape != y.shape:
+      x = self.conv(y.shape[-1], (1, 1), (self.strides, self.strides), name="downsample_conv")(x)
+      x = self.norm(name="downsample_bn")(x)
+    return nn.relu(x + y)
+
+
+class BasicBlock(_Block):
   expansion = 1
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)),
                   name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
     y = self.norm(name="bn2", scale_init=nn.initializers.ones)(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
-                           name="downsample_conv")(residual)
-      residual = self.norm(name="downsample_bn")(residual)
-    return nn.relu(residual + y)
+    return self._add_shortcut(x, y)
 
 
-class Bottleneck(nn.Module):
-  filters: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
+class Bottleneck(_Block):
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
-    residual = x
     y = self.conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)),
@@ -58,11 +59,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3")(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides),
-                           name="downsample_conv")(residual)
-      residual = self.norm(name="downsample_bn")(residual)
-    return nn.relu(residual + y)
+    return self._add_shortcut(x, y)
 
 
 class ResNet(nn.Module):

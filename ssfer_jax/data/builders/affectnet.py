@@ -44,8 +44,6 @@ manually annotated part and pass the folder as --manual_dir. It must contain
 class SsferAffectnet(common.FerBuilder):
   """AffectNet manually annotated images, canonical 7- or 8-class labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="7", description="7 expressions (contempt dropped)"),
       tfds.core.BuilderConfig(name="8", description="8 expressions (with contempt)"),
@@ -55,13 +53,6 @@ class SsferAffectnet(common.FerBuilder):
   HOMEPAGE = "http://mohammadmahoor.com/affectnet/"
   DESCRIPTION = "AffectNet manually annotated images, labels in the ssfer_jax canonical order."
   TEST_SPLIT = "validation"
-
-  @property
-  def num_classes(self) -> int:
-    return int(self.builder_config.name)
-
-  def class_names(self):
-    return classes.class_names(self.num_classes)
 
   def _split_generators(self, dl_manager):
     root = dl_manager.manual_dir

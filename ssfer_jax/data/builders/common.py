@@ -46,7 +46,7 @@ from etils import epath
 from PIL import Image
 
 # BadInputError is defined beside the file readers that raise it; builders use common's name.
-from ssfer_jax.data import images
+from ssfer_jax.data import classes, images
 from ssfer_jax.data.builders.files import BadInputError, scan_folder  # noqa: F401
 
 _PASS_THROUGH_FORMATS = ("JPEG", "PNG")
@@ -84,11 +84,15 @@ class SplitReport:
 class FerBuilder(tfds.core.GeneratorBasedBuilder):
   """Base class: options, features, image checks and per-split reports.
 
-  Subclasses define ``VERSION``, ``MANUAL_DOWNLOAD_INSTRUCTIONS``, ``TEST_SPLIT`` (the
-  split used as the test set), ``CHANNELS`` and ``_split_generators``, whose generators
-  go through ``self._examples(split, items)``.
+  Subclasses define ``MANUAL_DOWNLOAD_INSTRUCTIONS``, ``_split_generators`` (whose
+  generators go through ``self._examples(split, items)``) and, where the defaults below do
+  not fit, ``TEST_SPLIT`` (the split used as the test set), ``CHANNELS`` and
+  ``BUILDER_CONFIGS`` named by class count ("7", "8"). Every builder is at its first
+  release; one that changes what it writes sets its own ``VERSION`` and notes.
   """
 
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   TEST_SPLIT = "test"
   CHANNELS = 3
   HOMEPAGE = ""
@@ -106,9 +110,15 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   # ---- what a subclass may override ----
+  @property
+  def num_classes(self) -> int:
+    """7, or the class count the builder config is named after (AffectNet, FERPlus)."""
+    return int(self.builder_config.name) if self.builder_config else 7
+
   def class_names(self) -> tuple:
-    """Class names in label order (canonical order for the official datasets)."""
-    raise NotImplementedError
+    """Class names in label order: the canonical order for the official datasets (the
+    generic builders return the names they found)."""
+    return classes.class_names(self.num_classes)
 
   def _label_feature(self):
     return tfds.features.ClassLabel(names=self.class_names())

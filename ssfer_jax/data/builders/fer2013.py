@@ -13,7 +13,6 @@ is ``fer%07d.png`` with the 0-based data-row number: FERPlus' own image names.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from ssfer_jax.data import classes
@@ -83,16 +82,10 @@ def file_name(index: int) -> str:
 class SsferFer2013(common.FerBuilder):
   """FER2013, 48x48 grayscale, canonical 7-class labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   HOMEPAGE = "https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge"
   DESCRIPTION = "FER2013, labels in the ssfer_jax canonical order."
-  TEST_SPLIT = "test"
   CHANNELS = 1
-
-  def class_names(self):
-    return classes.CANONICAL7
 
   def _split_generators(self, dl_manager):
     path = files.find_file(dl_manager.manual_dir, CSV_CANDIDATES, "FER2013 csv", INSTRUCTIONS)

@@ -46,8 +46,6 @@ def vote_label(votes: np.ndarray, rule: str) -> str | None:
 class SsferFerplus(common.FerBuilder):
   """FERPlus majority-vote labels on FER2013 images, canonical 8- or 7-class labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="8", description="8 expressions (with contempt)"),
       tfds.core.BuilderConfig(name="7", description="7 expressions (contempt rows dropped)"),
@@ -56,7 +54,6 @@ class SsferFerplus(common.FerBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   HOMEPAGE = "https://github.com/microsoft/FERPlus"
   DESCRIPTION = "FERPlus labels on FER2013 images, in the ssfer_jax canonical order."
-  TEST_SPLIT = "test"
   CHANNELS = 1
 
   def __init__(self, *, vote: str = "majority", **kwargs):
@@ -64,13 +61,6 @@ class SsferFerplus(common.FerBuilder):
       raise ValueError(f"ferplus vote must be 'majority' or 'plurality', got {vote!r}")
     self.vote = vote
     super().__init__(**kwargs)
-
-  @property
-  def num_classes(self) -> int:
-    return int(self.builder_config.name)
-
-  def class_names(self):
-    return classes.class_names(self.num_classes)
 
   def _extra_features(self):
     return {"votes": tfds.features.Tensor(shape=(len(classes.FERPLUS_COLUMNS),), dtype=np.int32)}

@@ -40,9 +40,7 @@ TEST_DIR_NAMES = ("test", "val", "validation")
 
 
 class _Generic(common.FerBuilder):
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  TEST_SPLIT = "test"
+  """The user-data builders: class names as found in the data, integer labels."""
 
   def class_names(self):
     return self._class_names_found or ()

@@ -13,8 +13,6 @@ Blank lines are ignored; the last line may lack its newline.
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
-
 from ssfer_jax.data import classes
 from ssfer_jax.data.builders import common, files
 
@@ -31,15 +29,9 @@ Request RAF-DB from its authors (http://www.whdeng.cn/RAF/model1.html), unpack t
 class SsferRafdb(common.FerBuilder):
   """RAF-DB basic, aligned faces, canonical 7-class labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   HOMEPAGE = "http://www.whdeng.cn/RAF/model1.html"
   DESCRIPTION = "RAF-DB basic emotion subset (aligned), labels in the ssfer_jax canonical order."
-  TEST_SPLIT = "test"
-
-  def class_names(self):
-    return classes.CANONICAL7
 
   def _root(self, manual_dir):
     for root in (manual_dir, manual_dir / "basic"):

@@ -15,8 +15,6 @@ files (macOS ``._*`` resource forks) are counted. ``Val`` is the test set (``val
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
-
 from ssfer_jax.data import classes
 from ssfer_jax.data.builders import common, files
 
@@ -32,15 +30,10 @@ Train/<Class>/ and Val/<Class>/ with Class in Angry Disgust Fear Happy Neutral S
 class SsferSfew(common.FerBuilder):
   """SFEW 2.0, canonical 7-class labels; Val is the test set."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   HOMEPAGE = "https://users.cecs.anu.edu.au/~few_group/AFEW.html"
   DESCRIPTION = "SFEW 2.0, labels in the ssfer_jax canonical order."
   TEST_SPLIT = "validation"
-
-  def class_names(self):
-    return classes.CANONICAL7
 
   def _split_generators(self, dl_manager):
     split_dirs = self.split_folders(dl_manager.manual_dir, {s: (d,) for s, d in SPLIT_DIRS.items()},

@@ -1,6 +1,6 @@
 """One self-contained HTML report of one or more training runs.
 
-    python -m ssfer_jax.report RUN [RUN ...] [--out=report.html] [--title=TEXT]
+    python -m ssfer_jax.tools.report RUN [RUN ...] [--out=report.html] [--title=TEXT]
 
 Per run (a workdir written by ``ssfer_jax.train``): the headline (method, dataset,
 steps, labels), final and best test metrics of teacher and student, curves over steps
@@ -8,7 +8,7 @@ from ``metrics.jsonl`` (losses; evaluation accuracy; mask rate and pseudo-label
 precision; complementary-label error and SNL selection rate where logged
 (``algo/complementary_error``); per-class thresholds where logged (``algo/tau/<class>``)),
 the final teacher confusion matrix, any cross-dataset evaluations
-(``ssfer_jax.evaluate``, RUN/cross_eval/*/results.json), and the config (collapsed).
+(``ssfer_jax.tools.evaluate``, RUN/cross_eval/*/results.json), and the config (collapsed).
 With several runs it starts with a comparison table and the main curves overlaid.
 
 The file stands alone: figures are PNGs (matplotlib, Agg) inlined as base64 ``data:``
@@ -33,8 +33,8 @@ from etils import epath
 
 from ssfer_jax import cli
 from ssfer_jax import rundir, selection
-from ssfer_jax.report_figures import NETS, comparison_charts, confusion_image, run_charts
-from ssfer_jax.report_html import CSS, e as _e, figure as _figure, table as _table
+from ssfer_jax.tools.report_figures import NETS, comparison_charts, confusion_image, run_charts
+from ssfer_jax.tools.report_html import CSS, e as _e, figure as _figure, table as _table
 
 _read_json = rundir.read_json  # None when missing; names file:line when it does not parse
 
@@ -166,7 +166,7 @@ def cross_eval_section(run: Run) -> str:
                  r["num_dropped"], ", ".join(r.get("model_classes_without_test_examples", [])) or "–",
                  r["teacher"]["top1"], r["teacher"]["mean_class_acc"], r["teacher"]["macro_f1"],
                  r["student"]["top1"]])
-  return ("<h3>Evaluations on other data (ssfer_jax.evaluate)</h3>" + _table(
+  return ("<h3>Evaluations on other data (ssfer_jax.tools.evaluate)</h3>" + _table(
       ["dataset/split", "step", "evaluated", "dropped", "model classes without examples",
        "teacher top-1", "teacher mean per-class", "teacher macro-F1", "student top-1"], rows, left=1))
 
@@ -251,7 +251,7 @@ def render(runs: Sequence[Run], title: str = "ssfer_jax report") -> str:
   """The whole HTML document."""
   stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime())
   body = [f"<h1>{_e(title)}</h1>", f'<p class="meta">{len(runs)} run(s) · generated {stamp} by '
-          "<code>python -m ssfer_jax.report</code></p>"]
+          "<code>python -m ssfer_jax.tools.report</code></p>"]
   if len(runs) > 1:
     links = ['<a href="#comparison">comparison</a>'] + [
         f'<a href="#{_anchor(i)}">{_e(r.name)}</a>' for i, r in enumerate(runs)]
@@ -290,7 +290,7 @@ _TITLE = flags.DEFINE_string("title", "ssfer_jax report", "the report's heading"
 
 @cli.guard
 def main(argv=None) -> int:
-  runs = cli.parse(FLAGS, argv, "python -m ssfer_jax.report", __doc__, positional="RUN")
+  runs = cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.report", __doc__, positional="RUN")
   out = write_report(runs, _OUT.value, _TITLE.value)
   print(f"wrote {out} ({len(out.read_bytes()) / 1024:.0f} KiB, {len(runs)} run(s))")
   return 0

@@ -1,7 +1,7 @@
 """Predict the expression of face images with a trained run.
 
-    python -m ssfer_jax.predict --workdir=RUN [--detect_faces] [--out=preds.csv|preds.json] PATH...
-    python -m ssfer_jax.predict --checkpoint=RUN/checkpoints[/STEP] PATH...
+    python -m ssfer_jax.tools.predict --workdir=RUN [--detect_faces] [--out=preds.csv|preds.json] PATH...
+    python -m ssfer_jax.tools.predict --checkpoint=RUN/checkpoints[/STEP] PATH...
 
 PATH: image files or folders (searched recursively for .jpg .jpeg .png .bmp .gif .tif
 .tiff .webp .pgm .ppm). For each image: the predicted expression (the run's class
@@ -40,9 +40,10 @@ import numpy as np
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssfer_jax import cli, faces, inference
+from ssfer_jax import cli, inference
 from ssfer_jax.data import images
 from ssfer_jax.inference import RunInfo
+from ssfer_jax.tools import faces
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
                     ".ppm")
@@ -204,7 +205,7 @@ flags.register_validator("out",
 
 @cli.guard
 def main(argv=None) -> int:
-  paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.predict", __doc__, positional="PATH")
+  paths = cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.predict", __doc__, positional="PATH")
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
   run = _RUN.restore()
   warning = synthetic_warning(run.config)

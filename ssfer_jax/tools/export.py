@@ -1,6 +1,6 @@
 """Export a trained run for inference without the training code (``jax.export``).
 
-    python -m ssfer_jax.export --workdir=RUN --output=DIR [--weights=teacher] [--step=N]
+    python -m ssfer_jax.tools.export --workdir=RUN --output=DIR [--weights=teacher] [--step=N]
 
 Writes three files (plus a README.md repeating this description):
 
@@ -136,7 +136,7 @@ _PLATFORMS = flags.DEFINE_string("platforms", ",".join(DEFAULT_PLATFORMS),
 
 @cli.guard
 def main(argv=None) -> int:
-  cli.parse(FLAGS, argv, "python -m ssfer_jax.export", __doc__)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.export", __doc__)
   absl_logging.set_verbosity(absl_logging.ERROR)
   run = _RUN.restore()
   meta = export_run(run, _OUTPUT.value, platforms=[p for p in _PLATFORMS.value.split(",") if p])

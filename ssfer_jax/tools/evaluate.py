@@ -1,6 +1,6 @@
 """Evaluate a trained run (teacher and student) on any dataset the project can load.
 
-    python -m ssfer_jax.evaluate --workdir=RUN --dataset=NAME [--split=SPLIT] [--data_dir=DIR]
+    python -m ssfer_jax.tools.evaluate --workdir=RUN --dataset=NAME [--split=SPLIT] [--data_dir=DIR]
                                  [--step=N] [--num_classes=7|8 (ferplus)]
 
 NAME is a ``config.dataset.name``: ``synthetic`` or a dataset prepared with
@@ -210,7 +210,7 @@ _NUM_CLASSES = flags.DEFINE_enum("num_classes", None, ["7", "8"],
 
 @cli.guard
 def main(argv=None) -> int:
-  cli.parse(FLAGS, argv, "python -m ssfer_jax.evaluate", __doc__)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.evaluate", __doc__)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
   num_classes = int(_NUM_CLASSES.value) if _NUM_CLASSES.value else None
   results = evaluate(_WORKDIR.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,

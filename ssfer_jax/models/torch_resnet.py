@@ -1,4 +1,4 @@
-"""torchvision's ResNet-18 layout in PyTorch: the state_dict keys ``ssfer_jax.convert`` reads.
+"""torchvision's ResNet-18 layout in PyTorch: the state_dict keys ``ssfer_jax.tools.convert`` reads.
 
 One definition for the two places that need a PyTorch twin of the backbone: the checkpoint
 conversion tests (``tests/test_convert.py``) and the PyTorch reference step of the benchmarks

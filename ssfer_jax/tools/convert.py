@@ -1,6 +1,6 @@
 """PyTorch ResNet checkpoints -> Flax backbone variables (``ssfer_jax/models/resnet.py``).
 
-    python -m ssfer_jax.convert --input=model.pth --output=DIR --arch=resnet18
+    python -m ssfer_jax.tools.convert --input=model.pth --output=DIR --arch=resnet18
 
 Input: a torchvision-layout ResNet ``state_dict`` (``conv1.weight``, ``bn1.*``,
 ``layer{i}.{j}.conv{k}.weight``, ``layer{i}.{j}.bn{k}.*``, ``layer{i}.{j}.downsample.{0,1}.*``),
@@ -17,7 +17,7 @@ Mapping: conv kernels OIHW -> HWIO; BN ``weight``/``bias`` -> params ``scale``/`
 ``downsample_conv`` / ``downsample_bn``.
 
 Output: ``DIR/backbone.msgpack`` + ``DIR/backbone.json`` (format in
-``ssfer_jax/pretrained.py``). Train from it with ``config.init_from=DIR`` and
+``ssfer_jax/models/pretrained.py``). Train from it with ``config.init_from=DIR`` and
 ``config.model.backbone`` set to the same architecture. A pretrained network is best
 fed the normalisation it was trained with: set ``config.data.mean`` / ``config.data.std``
 accordingly (torchvision ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)).
@@ -43,7 +43,7 @@ from etils import epath
 from flax import traverse_util
 
 from ssfer_jax import cli
-from ssfer_jax import pretrained
+from ssfer_jax.models import pretrained
 from ssfer_jax.models.resnet import ResNet18, ResNet50
 
 ARCHS = {"resnet18": ResNet18, "resnet50": ResNet50}
@@ -241,7 +241,7 @@ _ALLOW_EXTRA = flags.DEFINE_bool("allow_extra", False,
 
 @cli.guard
 def main(argv=None) -> int:
-  cli.parse(FLAGS, argv, "python -m ssfer_jax.convert", __doc__)
+  cli.parse(FLAGS, argv, "python -m ssfer_jax.tools.convert", __doc__)
   meta = convert_file(_INPUT.value, _OUTPUT.value, _ARCH.value, trust_pickle=_TRUST_PICKLE.value,
                       allow_extra=_ALLOW_EXTRA.value)
   ignored = meta["ignored_keys"]

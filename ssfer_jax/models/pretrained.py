@@ -1,6 +1,6 @@
 """Converted pretrained backbones: the on-disk format, and loading into a model's variables.
 
-Format (written by ``python -m ssfer_jax.convert``; needs only jax/flax to read)::
+Format (written by ``python -m ssfer_jax.tools.convert``; needs only jax/flax to read)::
 
     DIR/backbone.msgpack   flax.serialization msgpack of
                            {"params": {...}, "batch_stats": {...}}, float32 numpy leaves,
@@ -51,13 +51,13 @@ def read(path) -> tuple[dict, dict, dict]:
   if not weights.exists():
     raise FileNotFoundError(
         f"{weights}: no converted backbone here. Create one with "
-        "`python -m ssfer_jax.convert --input=model.pth --output=DIR --arch=resnet18` and set "
+        "`python -m ssfer_jax.tools.convert --input=model.pth --output=DIR --arch=resnet18` and set "
         "config.init_from=DIR")
   try:
     tree = serialization.msgpack_restore(weights.read_bytes())
   except Exception as e:  # msgpack raises several unrelated types on garbage
     raise ValueError(f"{weights}: not a converted backbone (msgpack could not be read: {e}). "
-                     "Create one with `python -m ssfer_jax.convert`") from e
+                     "Create one with `python -m ssfer_jax.tools.convert`") from e
   if not isinstance(tree, dict) or set(tree) != {"params", "batch_stats"}:
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
     raise ValueError(f"{weights}: expected top-level keys ['batch_stats', 'params'], got {keys}")

@@ -1,4 +1,4 @@
-"""The HTML building blocks of ``ssfer_jax.report``: its inline style sheet, escaping,
+"""The HTML building blocks of ``ssfer_jax.tools.report``: its inline style sheet, escaping,
 number formatting, tables and inlined figures. The page stands alone: no script, nothing
 fetched, figures as base64 ``data:`` URIs.
 """

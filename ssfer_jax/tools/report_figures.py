@@ -1,4 +1,4 @@
-"""The figures of ``ssfer_jax.report``, as base64 PNGs ready to inline into the page.
+"""The figures of ``ssfer_jax.tools.report``, as base64 PNGs ready to inline into the page.
 
 Charts are drawn by ``plots.line_chart`` (the one line-chart function; the per-class
 thresholds chart is ``plots.thresholds_chart``, also WORKDIR/thresholds.png) from the
