@@ -257,7 +257,7 @@ def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dic
   if rerun:
     summary.update({k: old[k] for k in ("wall_time_s", "compile_s") if k in old})
   if trainer.is_main:
-    from ssfer_jax import report  # members' report.html (logs, never raises, on failure)
+    from ssfer_jax.tools import report  # members' report.html (logs, never raises, on failure)
     for k, m in enumerate(members):
       m.update({k2: summary[k2] for k2 in ("wall_time_s", "compile_s")})
       rundir.write_json(member_workdir(workdir, k) / rundir.SUMMARY, m, indent=2)

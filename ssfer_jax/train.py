@@ -12,8 +12,8 @@ metrics.jsonl (one JSON object a line: kind 'train' or 'eval'; after a resume th
 steps past the restored checkpoint appear twice, the later row is the valid one),
 eval/step_N.json + eval/confusion_teacher_step_N.png, thresholds.png (methods
 with per-class thresholds), run_info.json (class names, channels, sizes: written at
-start), summary.json, report.html (``ssfer_jax/report.py``); ``python -m
-ssfer_jax.evaluate`` later adds cross_eval/<dataset>_<split>/.
+start), summary.json, report.html (``ssfer_jax/tools/report.py``); ``python -m
+ssfer_jax.tools.evaluate`` later adds cross_eval/<dataset>_<split>/.
 """
 
 from __future__ import annotations
