@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 
 from ssfer_jax.data import splits
 
@@ -143,4 +144,48 @@ def results_table(summary: dict, final_eval: dict, class_names, workdir) -> str:
     lines.append(f"  {name:<{width}}{support:>8}{te['per_class_precision'][i]:>11.3f}"
                  f"{rec(te):>11}{st['per_class_precision'][i]:>11.3f}{rec(st):>11}")
   lines.append(f"  summary: {workdir}/summary.json   report: {workdir}/report.html")
+  return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def progress_line(step, total, rate, eta, means, last_eval):
+  """The live progress line (stderr, every config.train.log_every steps)."""
+  parts = [f"step {step}/{total}", f"{rate:.2f} steps/s", f"ETA {format_duration(eta)}",
+           f"loss {means.get('loss', float('nan')):.4f}"]
+  for key, label in (("loss_x", "L_x"), ("loss_u", "L_u"), ("mask_rate", "mask"),
+                     ("pl_precision", "pl_prec")):
+    if key in means:
+      parts.append(f"{label} {means[key]:.3f}")
+  if last_eval is not None:
+    parts.append(f"last eval: teacher top-1 {last_eval:.4f}")
+  return " | ".join(parts)
+
+
+def dry_run(config) -> str:
+  """The resolved config and the label split (per-class counts), without training or
+  writing anything: ``python -m ssfer_jax.main --dry_run``."""
+  from ssfer_jax import algorithms  # the trainer's modules, only for this
+  from ssfer_jax.config import validate
+  from ssfer_jax.data import pipeline
+  from ssfer_jax.data.datasets import load_dataset
+  validate(config)
+  algorithm = algorithms.get_algorithm(config.algorithm)
+  dataset = load_dataset(config)
+  data = pipeline.split_train(dataset, config, algorithm, None)
+  labels = np.asarray(dataset.train.labels)
+  lab = splits.class_counts(labels, data.labeled_ids, dataset.num_classes)
+  allc = splits.class_counts(labels, np.arange(len(labels)), dataset.num_classes)
+  width = max(len(n) for n in dataset.class_names) + 2
+  lines = [config.to_json_best_effort(indent=2, sort_keys=True),
+           f"split of {config.dataset.name} train ({len(labels)} images) for {config.algorithm}: "
+           f"{len(data.labeled)} labeled, {len(data.unlabeled) if data.unlabeled else 0} "
+           f"unlabeled, {len(dataset.test)} test; {data.steps_per_epoch} steps per epoch",
+           f"  {'class':<{width}}{'train':>8}{'labeled':>9}"]
+  lines += [f"  {n:<{width}}{int(a):>8}{int(b):>9}" for n, a, b in zip(dataset.class_names, allc, lab)]
   return "\n".join(lines)

@@ -52,8 +52,8 @@ def main(argv):
     raise cli.UserError("--config is required, e.g. --config=configs/default.py "
                         "(python -m ssfer_jax.main --list shows the configs)")
   if _DRY_RUN.value:
-    from ssfer_jax import train
-    print(train.dry_run(config))
+    from ssfer_jax import console
+    print(console.dry_run(config))
     return
   if not _WORKDIR.value:
     raise cli.UserError("--workdir is required: the directory for checkpoints, logs and "

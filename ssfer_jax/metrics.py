@@ -117,10 +117,3 @@ class MetricWriter:
     if self.enabled:
       self.tb.close()
       self.jsonl.close()
-
-
-def format_duration(seconds: float) -> str:
-  seconds = max(0, int(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -231,3 +231,20 @@ def plot_thresholds(workdir, class_names) -> bool:
     return False
   (epath.Path(workdir) / rundir.THRESHOLDS).write_bytes(png)
   return True
+
+
+def run_row(trainer, step, wall, compile_s, means) -> dict:
+  """The ``kind: run`` metrics row saved with each checkpoint (``rundir.checkpoint_row``):
+  wall and compile time so far and the last training means (per member in a population)."""
+  row = {"step": step, "kind": "run", "wall_time_s": wall, "compile_s": compile_s,
+         "train": scalars(trainer.overall(means))}
+  if trainer.stacked:
+    row["members_train"] = [scalars(member_values(means, k))
+                            for k in range(trainer.members)]
+  return row
+
+
+def member_values(means: dict, k: int) -> dict:
+  """Member ``k``'s training means of a population run (population-wide values, like
+  ``nonfinite``, as they are)."""
+  return {name: np.asarray(v)[k] if np.ndim(v) else v for name, v in means.items()}

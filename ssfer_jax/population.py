@@ -60,6 +60,21 @@ def member_config(config, k: int):
   return c
 
 
+def members(config, split, workdir):
+  """(member configs, member training data) of a run: ``[config]`` and its split for a
+  single run; otherwise ``member_config(config, k)`` for every k, sharing one labeled
+  split or, with ``population.vary_split``, each drawing its own. ``split(config,
+  directory)`` is ``pipeline.split_train`` writing labeled_ids.json into ``directory``
+  (the run's, or members/<k>/ for a split of a member's own)."""
+  shared = split(config, workdir)
+  if size(config) == 1:
+    return [config], [shared]
+  configs = [member_config(config, k) for k in range(size(config))]
+  if not config.population.vary_split:
+    return configs, [shared] * len(configs)
+  return configs, [split(c, member_workdir(workdir, k)) for k, c in enumerate(configs)]
+
+
 def init_keys(config):
   """The PRNG key of every member (stacked), member k's being the single run's
   ``PRNGKey(seed + k)``; a single run's own key when ``population.size`` is 1."""
@@ -129,11 +144,6 @@ def mean_over_members(means: dict) -> dict:
   return {k: np.mean(v, axis=0) if np.ndim(v) else v for k, v in means.items()}
 
 
-def member_values(means: dict, k: int) -> dict:
-  """Member ``k``'s training means (population-wide values as they are)."""
-  return {name: np.asarray(v)[k] if np.ndim(v) else v for name, v in means.items()}
-
-
 class StackedBatches:
   """Every member's ``pipeline.TrainBatches`` (host numpy batches), stacked along a new
   leading member axis and placed on the mesh; ``get_state`` / ``set_state`` hold every
@@ -173,7 +183,7 @@ class PopulationWriter:
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     for k, w in enumerate(self.members):
-      w.write(step, member_values(metrics, k), prefix)
+      w.write(step, outputs.member_values(metrics, k), prefix)
     self.top.write(step, mean_over_members(metrics), prefix)
 
   def write_row(self, record: dict) -> None:
@@ -246,7 +256,7 @@ def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dic
   members = []
   for k in range(trainer.members):
     m = outputs.summarise(trainer, rundir.eval_history(member_workdir(workdir, k)),
-                          member_values(last_means, k), wall, compile_s,
+                          outputs.member_values(last_means, k), wall, compile_s,
                           config=trainer.member_configs[k], train_data=trainer.member_data[k])
     if old_train[k] is not None:
       m["train"] = old_train[k]

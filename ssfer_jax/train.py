@@ -33,7 +33,7 @@ from ssfer_jax import state as state_lib
 from ssfer_jax import step as step_lib
 from ssfer_jax.interrupts import Interrupted, LoopSignals, OutsideLoopSigint
 from ssfer_jax.config import validate
-from ssfer_jax.data import pipeline, splits
+from ssfer_jax.data import pipeline
 from ssfer_jax.data.datasets import load_dataset
 from ssfer_jax.data.sources import SubsetSource
 from ssfer_jax.models import build_model
@@ -82,16 +82,10 @@ class Trainer:
     # leading axis (population.py); member k is the single run member_configs[k].
     self.members = population.size(config)
     self.stacked = self.members > 1
-    self.member_configs = ([population.member_config(config, k) for k in range(self.members)]
-                           if self.stacked else [config])
-    self.train_data = pipeline.split_train(self.dataset, config, self.algorithm,
-                                           self.workdir if self.is_main else None)
-    self.member_data = [self.train_data] * self.members
-    if self.stacked and config.population.vary_split:
-      self.member_data = [pipeline.split_train(self.dataset, c, self.algorithm, (
-          population.member_workdir(self.workdir, k) if self.is_main else None))
-          for k, c in enumerate(self.member_configs)]
-      self.train_data = self.member_data[0]
+    self.member_configs, self.member_data = population.members(
+        config, lambda c, d: pipeline.split_train(self.dataset, c, self.algorithm,
+                                                  d if self.is_main else None), self.workdir)
+    self.train_data = self.member_data[0]
     if devices is None and config.mesh.num_devices:
       devices = jax.devices()[:config.mesh.num_devices]
     self.mesh = parallel.make_mesh(config.mesh, devices)
@@ -223,29 +217,6 @@ def _check_finite(acc_host, step, ckpt, workdir):
         "re-running the same command resumes from that checkpoint.")
 
 
-def _progress_line(step, total, rate, eta, means, last_eval):
-  parts = [f"step {step}/{total}", f"{rate:.2f} steps/s", f"ETA {metrics_lib.format_duration(eta)}",
-           f"loss {means.get('loss', float('nan')):.4f}"]
-  for key, label in (("loss_x", "L_x"), ("loss_u", "L_u"), ("mask_rate", "mask"),
-                     ("pl_precision", "pl_prec")):
-    if key in means:
-      parts.append(f"{label} {means[key]:.3f}")
-  if last_eval is not None:
-    parts.append(f"last eval: teacher top-1 {last_eval:.4f}")
-  return " | ".join(parts)
-
-
-def _run_row(trainer, step, wall, compile_s, means) -> dict:
-  """The ``kind: run`` metrics row saved with each checkpoint (``rundir.checkpoint_row``):
-  wall and compile time so far and the last training means (per member in a population)."""
-  row = {"step": step, "kind": "run", "wall_time_s": wall, "compile_s": compile_s,
-         "train": outputs.scalars(trainer.overall(means))}
-  if trainer.stacked:
-    row["members_train"] = [outputs.scalars(population.member_values(means, k))
-                            for k in range(trainer.members)]
-  return row
-
-
 def _means(acc_host) -> dict:
   n = float(acc_host["n"])
   return {k: np.asarray(v) / n for k, v in acc_host["sum"].items()}
@@ -351,7 +322,7 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
             last_means = _means(acc_host)
             writer.write(step, last_means, "train")
             if tcfg.progress and trainer.is_main:
-              print(_progress_line(step, total, rate, (total - step) / max(rate, 1e-9),
+              print(console.progress_line(step, total, rate, (total - step) / max(rate, 1e-9),
                                    trainer.overall(last_means), last_eval), file=sys.stderr,
                     flush=True)
             acc = None
@@ -359,7 +330,7 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
           last_eval = out.write_eval(trainer, state, step, writer, workdir)
         if do_ckpt:
           if trainer.is_main:
-            writer.write_row(_run_row(trainer, step, wall_before + time.time() - t_start,
+            writer.write_row(outputs.run_row(trainer, step, wall_before + time.time() - t_start,
                                       compile_s, last_means))
           ckpt.save(step, state, batches.get_state())
         if preempted:
@@ -373,24 +344,4 @@ def _run(config, workdir, devices, t_start, outside_loop) -> dict:
     ckpt.close()
     writer.close()
   return out.finish(trainer, workdir, last_means, wall_before + time.time() - t_start,
-                        compile_s, rerun=start_step >= total)
-
-
-def dry_run(config) -> str:
-  """The resolved config and the label split (per-class counts), without training or
-  writing anything: ``python -m ssfer_jax.main --dry_run``."""
-  validate(config)
-  algorithm = algorithms.get_algorithm(config.algorithm)
-  dataset = load_dataset(config)
-  data = pipeline.split_train(dataset, config, algorithm, None)
-  labels = np.asarray(dataset.train.labels)
-  lab = splits.class_counts(labels, data.labeled_ids, dataset.num_classes)
-  allc = splits.class_counts(labels, np.arange(len(labels)), dataset.num_classes)
-  width = max(len(n) for n in dataset.class_names) + 2
-  lines = [config.to_json_best_effort(indent=2, sort_keys=True),
-           f"split of {config.dataset.name} train ({len(labels)} images) for {config.algorithm}: "
-           f"{len(data.labeled)} labeled, {len(data.unlabeled) if data.unlabeled else 0} "
-           f"unlabeled, {len(dataset.test)} test; {data.steps_per_epoch} steps per epoch",
-           f"  {'class':<{width}}{'train':>8}{'labeled':>9}"]
-  lines += [f"  {n:<{width}}{int(a):>8}{int(b):>9}" for n, a, b in zip(dataset.class_names, allc, lab)]
-  return "\n".join(lines)
+                    compile_s, rerun=start_step >= total)
