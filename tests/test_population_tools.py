@@ -236,6 +236,7 @@ def test_population_report(pop, tmp_path):
            f'<td class="">{t["final_top1"]:.4f}</td><td class="">{t["best_top1"]:.4f}</td>'
            f'<td class="">{t["best_step"]}</td><td class="">{t["final_mean_class_acc"]:.4f}</td>'
            f'<td class="">{t["val_best_step"]}</td>'
+           f'<td class="">{t["val_top1_at_val_best"]:.4f}</td>'
            f'<td class="">{t["test_top1_at_val_best"]:.4f}</td>')
     assert row in members
   d = summary["teacher"]["final_top1"]

@@ -41,14 +41,16 @@ def members_table(run) -> str:
   val = any("test_top1_at_val_best" in h.get("teacher", {}) for h in heads)
   header = ["member", "seed", "teacher final top-1", "teacher best top-1 (on test)",
             "best at step", "teacher final mean per-class"]
-  header += ["val-selected step", "teacher test top-1 there"] if val else []
+  header += ["val-selected step", "teacher val top-1 there", "teacher test top-1 there"] if (
+      val) else []
   header += ["student final top-1", "student final mean per-class", "directory"]
   rows = []
   for m, seed, h in zip(run.members, seeds(run), heads):
     t, s = h.get("teacher", {}), h.get("student", {})
     row = [m.path.name, seed, t.get("final_top1"), t.get("best_top1"), t.get("best_step"),
            t.get("final_mean_class_acc")]
-    row += [t.get("val_best_step"), t.get("test_top1_at_val_best")] if val else []
+    row += [t.get("val_best_step"), t.get("val_top1_at_val_best"),
+            t.get("test_top1_at_val_best")] if val else []
     row += [s.get("final_top1"), s.get("final_mean_class_acc"),
             f"{rundir.MEMBERS_DIR}/{m.path.name}/"]
     rows.append(row)
@@ -78,7 +80,9 @@ def body(run) -> str:
                  "(the numbers come from the members' evaluations so far)</p>")
   parts.append("<h3>Members</h3>" + members_table(run)
                + '<p class="meta">each member is the single run with its seed; its own '
-               "report: members/&lt;k&gt;/report.html</p>")
+               "report: members/&lt;k&gt;/report.html. predict, export and evaluate use "
+               "--member=K, by default the best on held-out validation (val top-1), else "
+               "member 0</p>")
   parts.append("<h3>Over members: mean, sample std (ddof 1), 95 % t-interval of the mean</h3>"
                + description_table(run))
   charts = population_charts(run)
