@@ -52,13 +52,21 @@ def series(rows, key: str):
   return steps, values
 
 
-def line_chart(lines: dict, title: str, ylabel: str = "", styles: dict | None = None):
+def line_chart(lines: dict, title: str, ylabel: str = "", styles: dict | None = None,
+               bands: dict | None = None):
   """{label: (steps, values)} -> PNG bytes of one line per label over steps, or None when
-  no line has points (the report's curves and WORKDIR/thresholds.png)."""
+  no line has points (the report's curves and WORKDIR/thresholds.png). ``bands``:
+  {label: (steps, low, high)}, shaded under the lines. ``styles``: matplotlib keywords
+  per label; a label starting with "_" stays out of the legend."""
   lines = {k: v for k, v in lines.items() if v[0]}
-  if not lines:
+  bands = {k: v for k, v in (bands or {}).items() if v[0]}
+  if not lines and not bands:
     return None
   fig, ax = plt.subplots(figsize=(6.0, 3.3), dpi=100)
+  for label, (steps, low, high) in bands.items():
+    style = dict(alpha=0.2, linewidth=0)
+    style.update((styles or {}).get(label, {}))
+    ax.fill_between(steps, low, high, label=label, **style)
   for label, (steps, values) in lines.items():
     style = dict(linewidth=1.3)
     style.update((styles or {}).get(label, {}))
@@ -70,7 +78,9 @@ def line_chart(lines: dict, title: str, ylabel: str = "", styles: dict | None = 
   if ylabel:
     ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, ncol=2 if len(lines) > 4 else 1)
+  shown = [k for k in list(bands) + list(lines) if not k.startswith("_")]
+  if shown:
+    ax.legend(fontsize=7, ncol=2 if len(shown) > 4 else 1)
   buf = io.BytesIO()
   fig.tight_layout()
   fig.savefig(buf, format="png")

@@ -273,6 +273,7 @@ def finish(trainer, workdir, last_means, wall, compile_s, *, rerun: bool) -> dic
       rundir.write_json(member_workdir(workdir, k) / rundir.SUMMARY, m, indent=2)
       report.write_run_report(member_workdir(workdir, k))
     rundir.write_json(summary_path, summary, indent=2)
+    report.write_run_report(workdir)  # the population's report.html: members, band, table
     console.say(results_table(summary, workdir))
   return summary
 

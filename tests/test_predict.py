@@ -200,7 +200,7 @@ def test_export_loads_without_training_code(run_dir, tmp_path):
   x = np.zeros((3, meta["image_size"], meta["image_size"], meta["channels"]), np.uint8)
   assert np.asarray(fn(x)).shape == (3, len(classes.CANONICAL7))
   assert meta["source"] == {"checkpoint": str(run_dir / "checkpoints"), "step": 1,
-                            "weights": "teacher"}
+                            "weights": "teacher", "member": None}  # member: of a population
 
 
 def test_grey_run(tmp_path):

@@ -1,7 +1,7 @@
 """Evaluate a trained run (teacher and student) on any dataset the project can load.
 
     python -m ssfer_jax.tools.evaluate --workdir=RUN --dataset=NAME [--split=SPLIT] [--data_dir=DIR]
-                                 [--step=N] [--num_classes=7|8 (ferplus)]
+                                 [--step=N] [--num_classes=7|8 (ferplus)] [--member=K]
 
 NAME is a ``config.dataset.name``: ``synthetic`` or a dataset prepared with
 ``python -m ssfer_jax.data.prepare`` (rafdb, affectnet7, affectnet8, fer2013, ferplus,
@@ -35,6 +35,12 @@ the confusion matrices come from the trainer's own evaluation loop
 run's mesh (``config.mesh``) with ``config.eval.batch_size``, so evaluating the run's
 final checkpoint on its own test split reproduces ``summary.json``'s final numbers
 exactly.
+
+A population run (``config.population.size`` > 1) is evaluated one member at a time:
+``--member=K``, by default the member whose teacher did best on held-out validation, else
+member 0 (``inference.default_member``; a stderr line says which); that member's teacher
+and student are evaluated, with its own config (``population.member_config``), and the
+results go to its own directory, RUN/members/<k>/, where its summary.json is.
 
 Writes RUN/cross_eval/<dataset>_<split>/: ``results.json`` (top-1, mean per-class
 accuracy, macro-F1, per-class precision / recall / support, confusion matrices, the
@@ -116,12 +122,15 @@ def net_results(confusion, label_map: LabelMap) -> dict:
 
 
 def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str | None = None,
-             step: int | None = None, num_classes: int | None = None, write: bool = True) -> dict:
-  """Evaluates RUN's checkpoint (latest unless ``step``) on ``dataset``; returns the
-  results dict that is written to RUN/cross_eval/<dataset>_<split>/results.json."""
+             step: int | None = None, num_classes: int | None = None, write: bool = True,
+             member: int | None = None) -> dict:
+  """Evaluates RUN's checkpoint (latest unless ``step``; of a population run, member
+  ``member``'s) on ``dataset``; returns the results dict that is written to
+  RUN/cross_eval/<dataset>_<split>/results.json (RUN/members/<k>/cross_eval/...)."""
   workdir = epath.Path(workdir)
-  runs = {net: inference.restore(workdir, step=step, weights=net) for net in NETS}
-  run = runs["teacher"]
+  run = inference.restore(workdir, step=step, weights="teacher", member=member)
+  runs = {"teacher": run, "student": inference.restore(workdir, step=step, weights="student",
+                                                       member=run.member)}
   config = run.config
   cfg = dataset_config(config, dataset, data_dir, split, num_classes)
   source, split_name, test_names, _ = load_split(cfg, split)
@@ -131,8 +140,8 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   cms = evaluation.run_confusions(config, len(run.class_names), runs["teacher"].variables,
                                   runs["student"].variables, images[keep], mapped)
   results = {
-      "workdir": str(workdir), "checkpoint_step": run.step, "dataset": dataset,
-      "split": split_name, "data_dir": cfg.dataset.data_dir,
+      "workdir": str(workdir), "member": run.member, "checkpoint_step": run.step,
+      "dataset": dataset, "split": split_name, "data_dir": cfg.dataset.data_dir,
       "model_class_names": list(run.class_names), "test_class_names": list(test_names),
       "label_map": label_map.as_dict(),
       "test_classes_missing_from_model": label_map.test_only,
@@ -145,7 +154,8 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
   results["model_classes_without_test_examples"] = [
       n for n, s in zip(run.class_names, results["teacher"]["support"]) if s == 0]
   if write:
-    out = workdir / "cross_eval" / f"{dataset}_{split_name}"
+    home = workdir if run.member is None else rundir.member_dir(workdir, run.member)
+    out = home / "cross_eval" / f"{dataset}_{split_name}"
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "results.json", results, indent=2)
     for net in NETS:
@@ -159,7 +169,8 @@ def evaluate(workdir, dataset: str, *, split: str | None = None, data_dir: str |
 
 def format_results(results: dict) -> str:
   """The printed summary: headline metrics, mapping notes, per-class table."""
-  lines = [f"{results['workdir']} step {results['checkpoint_step']} on "
+  member = "" if results.get("member") is None else f" member {results['member']}"
+  lines = [f"{results['workdir']}{member} step {results['checkpoint_step']} on "
            f"{results['dataset']}/{results['split']}: {results['num_evaluated']} of "
            f"{results['num_test_examples']} examples evaluated"]
   if results["num_dropped"]:
@@ -203,6 +214,7 @@ _SPLIT = flags.DEFINE_string("split", None, "split (default: the dataset's test 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "prepared TFDS data (default: the run's)",
                                 flag_values=FLAGS)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)", flag_values=FLAGS)
+_MEMBER = inference.define_member_flag(FLAGS)
 _NUM_CLASSES = flags.DEFINE_enum("num_classes", None, ["7", "8"],
                                  "ferplus only: the prepared 7- or 8-class config to read",
                                  flag_values=FLAGS)
@@ -214,7 +226,7 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warnings on restore
   num_classes = int(_NUM_CLASSES.value) if _NUM_CLASSES.value else None
   results = evaluate(_WORKDIR.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
-                     step=_STEP.value, num_classes=num_classes)
+                     step=_STEP.value, num_classes=num_classes, member=_MEMBER.value)
   print(format_results(results))
   return 0
 

@@ -1,6 +1,7 @@
 """Export a trained run for inference without the training code (``jax.export``).
 
     python -m ssfer_jax.tools.export --workdir=RUN --output=DIR [--weights=teacher] [--step=N]
+                                     [--member=K (a population run)]
 
 Writes three files (plus a README.md repeating this description):
 
@@ -20,7 +21,8 @@ Writes three files (plus a README.md repeating this description):
 ``DIR/model.json``
     ``{"format": "ssfer_jax.export/1", "class_names": [...], "image_size": 112,
     "channels": 3, "mean": [...], "std": [...], "param_names": [...], "platforms": [...],
-    "input": ..., "output": ..., "source": {"checkpoint", "step", "weights"}}``.
+    "input": ..., "output": ..., "source": {"checkpoint", "step", "weights", "member"}}``
+    (``member``: the member of a population run, else null).
 
 A loader needing only jax and numpy (the exported StableHLO does not need Flax or this
 package)::
@@ -107,7 +109,8 @@ def export_run(run: inference.RunInfo, output, *, platforms=DEFAULT_PLATFORMS) -
       "param_names": names,
       "platforms": list(exported.platforms),
       "jax_version": jax.__version__,
-      "source": {"checkpoint": str(run.checkpoint_dir), "step": run.step, "weights": run.weights},
+      "source": {"checkpoint": str(run.checkpoint_dir), "step": run.step, "weights": run.weights,
+                 "member": run.member},
   }
   (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
   (out / "README.md").write_text("# Exported ssfer_jax model\n\n" + __doc__.split("\n\n", 1)[1])
@@ -140,7 +143,9 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)
   run = _RUN.restore()
   meta = export_run(run, _OUTPUT.value, platforms=[p for p in _PLATFORMS.value.split(",") if p])
-  print(f"exported {_RUN.weights.value} weights of step {run.step} ({len(meta['param_names'])} arrays, "
+  member = "" if run.member is None else f" of member {run.member}"
+  print(f"exported {run.weights} weights{member} of step {run.step} "
+        f"({len(meta['param_names'])} arrays, "
         f"{meta['image_size']}px, {len(meta['class_names'])} classes, platforms "
         f"{','.join(meta['platforms'])}) to {_OUTPUT.value}")
   return 0

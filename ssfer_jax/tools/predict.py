@@ -2,6 +2,7 @@
 
     python -m ssfer_jax.tools.predict --workdir=RUN [--detect_faces] [--out=preds.csv|preds.json] PATH...
     python -m ssfer_jax.tools.predict --checkpoint=RUN/checkpoints[/STEP] PATH...
+    python -m ssfer_jax.tools.predict --workdir=POPULATION_RUN [--member=K] PATH...
 
 PATH: image files or folders (searched recursively for .jpg .jpeg .png .bmp .gif .tif
 .tiff .webp .pgm .ppm). For each image: the predicted expression (the run's class
@@ -13,7 +14,9 @@ JSON (a list of such records), chosen by the file's extension.
 The run is restored (``ssfer_jax/inference.py``) from its orbax checkpoint (latest
 step unless ``--step``) and its ``config.json`` (model, image size, normalisation). The
 teacher (EMA) weights are used unless ``--weights=student``. Only the network's
-variables are read, so neither the dataset nor the optimizer is needed.
+variables are read, so neither the dataset nor the optimizer is needed. Of a population
+run (``config.population.size`` > 1) member ``--member`` is used; without it, the best on
+held-out validation or member 0 (a stderr line says which and why).
 
 Images are fed like the training data (``data/images.py``): converted to the run's
 channel count (grey by ITU-R 601 luma) and resized (bilinear) to its square image size.
@@ -215,7 +218,8 @@ def main(argv=None) -> int:
   paths = expand_paths(paths)
   records = predict_paths(run, paths, detect_faces=_DETECT_FACES.value, margin=_MARGIN.value,
                           batch_size=_BATCH_SIZE.value, detector=detector)
-  print(f"{run.weights} weights of {run.checkpoint_dir} step {run.step}, "
+  member = "" if run.member is None else f" of member {run.member}"
+  print(f"{run.weights} weights{member} of {run.checkpoint_dir} step {run.step}, "
         f"{run.image_size}px, {run.channels} channel(s)")
   print(format_table(records, run.class_names))
   failed = sum(1 for r in records if r["error"])

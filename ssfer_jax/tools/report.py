@@ -8,20 +8,25 @@ from ``metrics.jsonl`` (losses; evaluation accuracy; mask rate and pseudo-label
 precision; complementary-label error and SNL selection rate where logged
 (``algo/complementary_error``); per-class thresholds where logged (``algo/tau/<class>``)),
 the final teacher confusion matrix, any cross-dataset evaluations
-(``ssfer_jax.tools.evaluate``, RUN/cross_eval/*/results.json), and the config (collapsed).
-With several runs it starts with a comparison table and the main curves overlaid.
+(``ssfer_jax.tools.evaluate``, RUN/cross_eval/*/results.json), the provenance and the
+config (collapsed). A population run (``config.population.size`` > 1) shows its members
+instead (``report_population``): the per-member table, mean ± std and 95 % t-interval over
+members, and the test top-1 curves as the mean over members with a min-max band and each
+member's thin line. With several runs it starts with a comparison table and the main
+curves overlaid (a population as its mean over members). What is read of a workdir:
+``report_runs``.
 
 The file stands alone: figures are PNGs (matplotlib, Agg) inlined as base64 ``data:``
 URIs, the style sheet is inline, there is no script and nothing is fetched. Rows of
 ``metrics.jsonl`` are de-duplicated by (kind, step), the later row winning (a resumed
 run repeats the steps after its last checkpoint). Missing pieces (no evaluation yet,
 no summary, a method without thresholds) leave their section out or say so.
-``train.run`` writes WORKDIR/report.html of its own run when it finishes.
+``train.run`` writes WORKDIR/report.html of its own run when it finishes (a population:
+members/<k>/report.html of every member and the population's own).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -32,100 +37,10 @@ from absl import flags
 from etils import epath
 
 from ssfer_jax import cli
-from ssfer_jax import rundir, selection
-from ssfer_jax.tools.report_figures import NETS, comparison_charts, confusion_image, run_charts
+from ssfer_jax.tools import report_population
+from ssfer_jax.tools.report_figures import comparison_charts, confusion_image, run_charts
 from ssfer_jax.tools.report_html import CSS, e as _e, figure as _figure, table as _table
-
-_read_json = rundir.read_json  # None when missing; names file:line when it does not parse
-
-
-# -- reading a run -------------------------------------------------------------------------
-@dataclasses.dataclass
-class Run:
-  """Everything the report shows of one workdir (each piece may be missing)."""
-  path: epath.Path
-  name: str
-  config: dict | None
-  info: dict
-  summary: dict | None
-  rows: dict                     # kind -> deduplicated rows (rundir.read_metrics)
-  evals: dict                    # step -> eval/step_N.json (rundir.eval_history)
-  cross_evals: list
-
-  @property
-  def final_eval(self) -> dict | None:
-    """eval/step_N.json of the last evaluated step."""
-    return self.evals[max(self.evals)] if self.evals else None
-
-  @property
-  def class_names(self) -> list:
-    for src in (self.info, self.summary or {}, self.final_eval or {}):
-      if src.get("class_names"):
-        return list(src["class_names"])
-    return []
-
-  def get(self, key: str, default=None):
-    """A field from run_info.json / summary.json / config.json, in that order."""
-    for src in (self.info, self.summary or {}):
-      if key in src:
-        return src[key]
-    if self.config and key in ("algorithm",):
-      return self.config.get(key, default)
-    return default
-
-
-def load_run(path, name: str | None = None) -> Run:
-  path = epath.Path(path)
-  if not path.is_dir():
-    raise FileNotFoundError(f"{path}: no such run directory")
-  known = (rundir.CONFIG, rundir.METRICS, rundir.RUN_INFO, rundir.SUMMARY)
-  if not any((path / f).exists() for f in known):
-    raise FileNotFoundError(f"{path} holds none of {', '.join(known)}: not a run directory "
-                            "written by `python -m ssfer_jax.main`")
-  cross = []
-  if (path / "cross_eval").is_dir():
-    for d in sorted((path / "cross_eval").iterdir()):
-      res = _read_json(d / "results.json") if d.is_dir() else None
-      if res:
-        cross.append(res)
-  return Run(path=path, name=name or path.name, config=_read_json(path / rundir.CONFIG),
-             info=_read_json(path / rundir.RUN_INFO) or {},
-             summary=_read_json(path / rundir.SUMMARY), rows=rundir.read_metrics(path),
-             evals=rundir.eval_history(path), cross_evals=cross)
-
-
-def run_names(paths: Sequence) -> list:
-  """Short unique labels: the folder name, or more of the path where names collide."""
-  parts = [epath.Path(p).resolve().parts if not str(p).startswith(("gs:", "s3:")) else
-           str(p).rstrip("/").split("/") for p in paths]
-  depth = 1
-  while True:
-    names = ["/".join(ps[-depth:]) for ps in parts]
-    if len(set(names)) == len(names) or depth >= max(len(ps) for ps in parts):
-      return names
-    depth += 1
-
-
-# -- numbers ---------------------------------------------------------------------------------
-def headline(run: Run) -> dict:
-  """{net: {final_top1, final_mean_class_acc, final_macro_f1, best_top1, best_step,
-  best_mean_class_acc, final_step, ...}} from summary.json, else from the evaluations so
-  far (``selection.summarise``, as summary.json will have it); nets without any
-  evaluation are absent."""
-  out = {}
-  for net in NETS:
-    s = (run.summary or {}).get(net)
-    history = {step: r for step, r in run.evals.items() if net in r}
-    if s:
-      out[net] = dict(s, final_step=(run.summary or {}).get("num_steps"))
-    elif history:
-      out[net] = dict(selection.summarise(history, net), final_step=max(history))
-  return out
-
-
-def last_step(run: Run):
-  steps = [rows[-1]["step"] for rows in run.rows.values() if rows]
-  return max(steps) if steps else None
+from ssfer_jax.tools.report_runs import NETS, Run, headline, last_step, load_run, run_names
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -157,7 +72,8 @@ def metrics_section(run: Run) -> str:
   return text
 
 
-def cross_eval_section(run: Run) -> str:
+def cross_eval_section(run: Run, who: str = "") -> str:
+  """The run's cross-dataset evaluations; ``who``: whose (a population's member)."""
   if not run.cross_evals:
     return ""
   rows = []
@@ -166,9 +82,11 @@ def cross_eval_section(run: Run) -> str:
                  r["num_dropped"], ", ".join(r.get("model_classes_without_test_examples", [])) or "–",
                  r["teacher"]["top1"], r["teacher"]["mean_class_acc"], r["teacher"]["macro_f1"],
                  r["student"]["top1"]])
-  return ("<h3>Evaluations on other data (ssfer_jax.tools.evaluate)</h3>" + _table(
-      ["dataset/split", "step", "evaluated", "dropped", "model classes without examples",
-       "teacher top-1", "teacher mean per-class", "teacher macro-F1", "student top-1"], rows, left=1))
+  return (f"<h3>Evaluations {'of ' + _e(who) + ' ' if who else ''}on other data "
+          "(ssfer_jax.tools.evaluate)</h3>" + _table(
+              ["dataset/split", "step", "evaluated", "dropped", "model classes without examples",
+               "teacher top-1", "teacher mean per-class", "teacher macro-F1", "student top-1"],
+              rows, left=1))
 
 
 def provenance_section(run: Run) -> str:
@@ -185,21 +103,9 @@ def provenance_section(run: Run) -> str:
   return "<h3>Provenance</h3>" + _table(["", ""], rows, left=2)
 
 
-def run_section(run: Run, index: int) -> str:
-  parts = [f'<h2 id="{_anchor(index)}">{_e(run.name)}</h2>']
-  algo = run.get("algorithm") or "?"
-  dataset = run.get("dataset") or ((run.config or {}).get("dataset") or {}).get("name", "?")
-  total = (run.config or {}).get("train", {}).get("num_steps")
-  done = last_step(run)
-  meta = [f"method <b>{_e(algo)}</b>", f"dataset <b>{_e(dataset)}</b>",
-          f"steps {_e(done if done is not None else 0)}"
-          + (f" of {_e(total)}" if total is not None else "")]
-  if run.get("num_labeled") is not None:
-    meta.append(f"{_e(run.get('num_labeled'))} labeled / {_e(run.get('num_unlabeled'))} unlabeled")
-  if run.summary and run.summary.get("wall_time_s") is not None:
-    meta.append(f"wall time {run.summary['wall_time_s']:.0f} s")
-  meta.append(f"<code>{_e(run.path)}</code>")
-  parts.append('<p class="meta">' + " · ".join(meta) + "</p>")
+def single_body(run: Run) -> str:
+  """A single run's results: metrics, curves, confusion matrix, other-data evaluations."""
+  parts = []
   if run.summary is None:
     parts.append('<p class="note">no summary.json: the run has not finished (numbers below '
                  "come from metrics.jsonl)</p>")
@@ -215,6 +121,28 @@ def run_section(run: Run, index: int) -> str:
     parts.append("<h3>Final confusion matrix</h3>"
                  f'<div class="grid">{_figure(cm[0], cm[1], caption=True, cls="cm")}</div>')
   parts.append(cross_eval_section(run))
+  return "\n".join(parts)
+
+
+def run_section(run: Run, index: int) -> str:
+  parts = [f'<h2 id="{_anchor(index)}">{_e(run.name)}</h2>']
+  algo = run.get("algorithm") or "?"
+  dataset = run.get("dataset") or ((run.config or {}).get("dataset") or {}).get("name", "?")
+  total = (run.config or {}).get("train", {}).get("num_steps")
+  done = last_step(run)
+  meta = [f"method <b>{_e(algo)}</b>", f"dataset <b>{_e(dataset)}</b>",
+          f"steps {_e(done if done is not None else 0)}"
+          + (f" of {_e(total)}" if total is not None else "")]
+  if run.get("num_labeled") is not None:
+    meta.append(f"{_e(run.get('num_labeled'))} labeled / {_e(run.get('num_unlabeled'))} unlabeled")
+  if run.summary and run.summary.get("wall_time_s") is not None:
+    meta.append(f"wall time {run.summary['wall_time_s']:.0f} s")
+  if run.members:
+    meta.append(report_population.meta(run))
+  meta.append(f"<code>{_e(run.path)}</code>")
+  parts.append('<p class="meta">' + " · ".join(meta) + "</p>")
+  parts.append(report_population.body(run) if run.members else single_body(run))
+  parts += [cross_eval_section(m, m.name) for m in run.members]
   parts.append(provenance_section(run))
   if run.config is not None:
     parts.append("<details><summary>config.json</summary><pre>"
@@ -230,7 +158,8 @@ def comparison_section(runs: Sequence[Run]) -> str:
   for i, r in enumerate(runs):
     h = headline(r)
     t, s = h.get("teacher", {}), h.get("student", {})
-    rows.append([r.name, r.get("algorithm") or "?", r.get("dataset") or "?", last_step(r),
+    name = r.name + (f" (mean of {len(r.members)} members)" if r.members else "")
+    rows.append([name, r.get("algorithm") or "?", r.get("dataset") or "?", last_step(r),
                  r.get("num_labeled"), t.get("final_top1"), t.get("final_mean_class_acc"),
                  t.get("final_macro_f1"), t.get("best_top1"), t.get("best_step"),
                  s.get("final_top1"), s.get("final_mean_class_acc")])

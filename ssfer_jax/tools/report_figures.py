@@ -2,7 +2,9 @@
 
 Charts are drawn by ``plots.line_chart`` (the one line-chart function; the per-class
 thresholds chart is ``plots.thresholds_chart``, also WORKDIR/thresholds.png) from the
-de-duplicated metrics.jsonl rows of a ``report.Run``; a chart with no data is left out.
+de-duplicated metrics.jsonl rows of a ``report_runs.Run``; a chart with no data is left
+out. A population's curves (``population_charts``) come from its members' own rows: the
+mean over members, the min-max band (every member lies inside it) and each member thin.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import tempfile
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 from etils import epath
 
 from ssfer_jax import plots, rundir
 from ssfer_jax.plots import series
+from ssfer_jax.tools.report_runs import NETS
 
-NETS = ("teacher", "student")
 COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
@@ -35,8 +38,10 @@ def loss_keys(train_rows: Sequence[dict]) -> list:
   return sorted(keys, key=lambda k: (k != "loss", k))
 
 
-def run_charts(run) -> list:
-  """[(title, base64 PNG)] of one run's curves; charts with no data are left out."""
+def run_charts(run, evals: bool = True) -> list:
+  """[(title, base64 PNG)] of one run's curves; charts with no data are left out.
+  ``evals=False``: the training curves only (a population draws its evaluations and
+  thresholds per member, ``population_charts``)."""
   train = run.rows.get("train", [])
   charts = []
   charts.append(("Losses", plots.line_chart({k: series(train, k) for k in loss_keys(train)},
@@ -49,7 +54,8 @@ def run_charts(run) -> list:
     acc[f"{net} mean per-class"] = series(rows, "mean_class_acc")
   styles = {f"{n} {m}": {"color": COLORS[k], "linestyle": "--" if m != "top-1" else "-"}
             for k, n in enumerate(NETS) for m in ("top-1", "mean per-class")}
-  charts.append(("Test accuracy", plots.line_chart(acc, "test accuracy", "accuracy", styles)))
+  if evals:
+    charts.append(("Test accuracy", plots.line_chart(acc, "test accuracy", "accuracy", styles)))
   charts.append(("Pseudo-labels", plots.line_chart(
       {"mask rate": series(train, "mask_rate"),
        "pseudo-label precision (masked)": series(train, "pl_precision"),
@@ -59,7 +65,8 @@ def run_charts(run) -> list:
       {"complementary-label error": series(train, "algo/complementary_error"),
        "SNL selected rate": series(train, "algo/neg_selected_rate")},
       "selective negative learning", "fraction")))
-  charts.append(("Per-class thresholds", plots.thresholds_chart(train, run.class_names)))
+  if evals:
+    charts.append(("Per-class thresholds", plots.thresholds_chart(train, run.class_names)))
   return [(t, b64(png)) for t, png in charts if png]
 
 
@@ -99,3 +106,54 @@ def confusion_image(run):
     out = epath.Path(tmp) / "confusion.png"
     plots.confusion_png(t["confusion"], names, out, caption)
     return caption, b64(out.read_bytes())
+
+
+def member_band(member_rows: Sequence, key: str):
+  """(steps, mean, low, high) of ``key`` over members (each a list of metrics rows) at the
+  steps where every member has a value: the mean, minimum and maximum over members."""
+  per = [dict(zip(*series(rows, key))) for rows in member_rows]
+  steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
+  values = np.array([[p[s] for p in per] for s in steps]).reshape(len(steps), len(per))
+  return steps, values.mean(1).tolist(), values.min(1).tolist(), values.max(1).tolist()
+
+
+def band_chart(member_rows: Sequence, key: str, title: str, ylabel: str):
+  """PNG of ``key`` over steps for a population: the mean over members (bold), the min-max
+  band and each member's thin line (one legend entry for them all)."""
+  color = COLORS[0]
+  lines, styles = {}, {}
+  for k, rows in enumerate(member_rows):
+    label = "each member" if k == 0 else f"_member {k}"
+    lines[label] = series(rows, key)
+    styles[label] = {"color": color, "linewidth": 0.7, "alpha": 0.55}
+  steps, mean, low, high = member_band(member_rows, key)
+  lines[f"mean of {len(member_rows)}"] = (steps, mean)
+  styles[f"mean of {len(member_rows)}"] = {"color": "black", "linewidth": 2.0}
+  styles["min-max over members"] = {"color": color, "alpha": 0.2}
+  return plots.line_chart(lines, title, ylabel, styles,
+                          bands={"min-max over members": (steps, low, high)})
+
+
+def population_charts(run) -> list:
+  """[(title, base64 PNG)] of a population: test top-1 of teacher and student over
+  members (``band_chart``), the per-class thresholds as the mean over members with their
+  min-max band (methods with thresholds), then the training curves of the run's own
+  metrics.jsonl (means over members)."""
+  n = len(run.members)
+  charts = [(f"{net} test top-1 over members", band_chart(
+      [m.rows.get(f"eval_{net}", []) for m in run.members], "top1",
+      f"{net} test top-1: mean of {n} members, min-max band, each member thin", "accuracy"))
+      for net in NETS]
+  names = run.class_names or sorted({k[len(plots.TAU):] for m in run.members
+                                     for r in m.rows.get("train", []) for k in r
+                                     if k.startswith(plots.TAU)})
+  lines, bands, styles = {}, {}, {}
+  for i, name in enumerate(names):
+    steps, mean, low, high = member_band([m.rows.get("train", []) for m in run.members],
+                                         plots.TAU + name)
+    lines[name], bands[f"_{name} band"] = (steps, mean), (steps, low, high)
+    styles[name] = {"color": COLORS[i % len(COLORS)]}
+    styles[f"_{name} band"] = {"color": COLORS[i % len(COLORS)], "alpha": 0.15}
+  charts.append(("Per-class thresholds over members", plots.line_chart(
+      lines, f"per-class thresholds: mean of {n} members, min-max band", "tau", styles, bands)))
+  return [(t, b64(png)) for t, png in charts if png] + run_charts(run, evals=False)
