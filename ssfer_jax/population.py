@@ -218,7 +218,12 @@ def write_eval(trainer, state, step, writer: PopulationWriter, workdir) -> float
   teachers' test top-1."""
   results = trainer.evaluate(state)
   val = trainer.val_arrays()
-  vals = trainer.evaluate(state, val) if val is not None else [None] * len(results)
+  if val is None:
+    vals = [None] * len(results)
+  elif trainer.config.population.vary_split:  # member k on its own held-out part
+    vals = [trainer.evaluate(state, trainer.val_arrays(k))[k] for k in range(len(results))]
+  else:
+    vals = trainer.evaluate(state, val)
   for k, (res, v) in enumerate(zip(results, vals)):
     outputs.record_eval(trainer, step, res, {"val": v} if v is not None else {},
                         writer.members[k], member_workdir(workdir, k))

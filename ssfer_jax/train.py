@@ -160,14 +160,18 @@ class Trainer:
                                         self.dataset.channels)
     return self._test
 
-  def val_arrays(self):
-    """The held-out part of the training set (``config.eval.val_fraction``), or None."""
-    if self.train_data.val_ids is None:
+  def val_arrays(self, member: int = 0):
+    """The held-out part of the training set (``config.eval.val_fraction``), or None; a
+    population member's own with ``population.vary_split``."""
+    ids = self.member_data[member].val_ids
+    if ids is None:
       return None
-    if not hasattr(self, "_val"):
-      self._val = pipeline.eval_arrays(SubsetSource(self.dataset.train, self.train_data.val_ids),
-                                       self.config.data.image_size, self.dataset.channels)
-    return self._val
+    self._val = getattr(self, "_val", {})  # by the first member holding that split
+    key = next(k for k, d in enumerate(self.member_data) if d is self.member_data[member])
+    if key not in self._val:
+      self._val[key] = pipeline.eval_arrays(SubsetSource(self.dataset.train, ids),
+                                            self.config.data.image_size, self.dataset.channels)
+    return self._val[key]
 
   def evaluate(self, state, arrays=None):
     """{net: classification metrics} on the test set (or ``arrays``); for a population,

@@ -142,3 +142,20 @@ def test_member_config_is_the_single_run():
   m = population.member_config(c, 2)
   assert (m.seed, m.data.split_seed, m.population.size) == (7, 2, 1)
   assert c.seed == 5 and c.population.size == 3           # the population's config untouched
+
+
+def test_vary_split_members_have_their_own_split_and_validation(tmp_path):
+  c = tiny_config("fixmatch", **{"population.size": 2, "population.vary_split": True,
+                                 "eval.val_fraction": 0.2, "train.num_steps": 2,
+                                 "train.eval_every": 2, "train.checkpoint_every": 2})
+  summary = train.run(c, tmp_path)
+  ids = [json.loads((tmp_path / "members" / str(k) / "labeled_ids.json").read_text())
+         for k in range(2)]
+  assert ids[0]["sha256"] != ids[1]["sha256"]
+  assert [m["labeled_ids_sha256"] for m in summary["members"]] == [i["sha256"] for i in ids]
+  t = train.Trainer(c, tmp_path)
+  val0, val1 = t.val_arrays(0), t.val_arrays(1)
+  assert not np.array_equal(val0[1], val1[1]) or not np.array_equal(val0[0], val1[0])
+  # member k's held-out part is never in its own labeled set
+  for k in range(2):
+    assert not set(t.member_data[k].val_ids) & set(t.member_data[k].labeled_ids)
