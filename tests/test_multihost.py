@@ -68,7 +68,10 @@ def _config():
   return tiny_config("dta_snl", **{
       "algo.threshold_init": 0.6, "algo.threshold_min": 0.1, "algo.threshold_momentum": 0.5,
       "algo.k": 3, "algo.neg_rampup_steps": 1, "optim.name": "sgd", "optim.lr": 0.05,
-      "mesh.num_devices": 0, "mesh.fsdp": 2})
+      "mesh.num_devices": 0, "mesh.fsdp": 2,
+      # one XLA:CPU path, pinned (as tests/test_parallel.py): Eigen's, 'auto' on AVX2 and
+      # AVX-512, rounds one momentum entry of the head 1.6e-5 apart across the meshes
+      "train.xla_cpu_options": "default"})
 
 
 def _flat(tree):
