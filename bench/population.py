@@ -171,9 +171,11 @@ def time_rounds(runners: dict, rounds: int, round_s: float, settle_s: float):
 class Budget:
   """Wall-clock budget of the run, and a case's cost estimated from what was measured at
   the largest N of the same candidate so far (the single run before any): a step scaled
-  linearly in N, building a runner (Trainer, init, compile) as N squared -- on purpose
-  pessimistic: the unrolled ResNet-18 step compiled 33x slower at N=8 than the single run's
-  (docs/population_bench.md)."""
+  linearly in N, building a runner (Trainer, init, compile) as N ** ``BUILD_GROWTH``. Both
+  err long: the unrolled ResNet-18 step compiled 33x slower at N=8 than the single run's
+  (N ** 1.7), the vmapped one 3.8x (docs/population_bench.md)."""
+
+  BUILD_GROWTH = {"unroll": 2, "vmap": 1}
 
   def __init__(self, seconds: float):
     self.seconds, self.t0 = seconds, time.perf_counter()
@@ -192,7 +194,7 @@ class Budget:
     total = (1 + rounds) * (max(single[2], round_s) + settle_s)  # the single, timed again
     for cand in candidates:
       n0, build0, step0 = self.seen.get((model, cand), single)
-      build, step = build0 * (n / n0) ** 2, step0 * n / n0
+      build, step = build0 * (n / n0) ** self.BUILD_GROWTH[cand], step0 * n / n0
       total += build + step + rounds * (max(step, round_s) + settle_s)
     return total
 

@@ -57,6 +57,8 @@ def test_budget_estimate_extrapolates_the_last_measured_n():
   # the single again: (1 + 3 rounds) x 2 s; unroll at N=4 from the single: build 10 x 4^2,
   # a step 4 x 2 s, once untimed and once per round: 160 + 8 + 3 x 8
   assert b.estimate("m", 4, ["unroll"], 3, 1.0, 0.0) == 8 + 192
+  # vmap's build grows linearly: 10 x 4 + 8 + 3 x 8
+  assert b.estimate("m", 4, ["unroll", "vmap"], 3, 1.0, 0.0) == 8 + 192 + 72
   b.note("m", "unroll", 2, 30.0, 0.25)  # N=2 measured: at N=4 build 30 x 2^2, a step 0.5 s
   # each run lasts at least round_s = 1 s, plus 0.5 s settle: 4 x 2.5 + 120 + 0.5 + 3 x 1.5
   assert b.estimate("m", 4, ["unroll"], 3, 1.0, 0.5) == 10 + 120 + 0.5 + 4.5
