@@ -325,6 +325,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if size % groups:
     raise ValueError(f"config.mesh.population={groups} must divide config.population.size="
                      f"{size} (each device group trains size / groups members)")
+  if groups > 1 and config.population.vectorize == "unroll":
+    raise ValueError("config.population.vectorize='unroll' cannot shard the members over "
+                     f"config.mesh.population={groups} device groups; use 'vmap' or 'auto'")
 
 
 def loader(path: str):

@@ -90,9 +90,15 @@ AUTO_DEFAULT = "vmap"
 
 
 def how(config, platform: str) -> str:
-  """'vmap' or 'unroll' for ``config.population.vectorize`` on ``platform``."""
+  """'vmap' or 'unroll' for ``config.population.vectorize`` on ``platform``. A population
+  mesh axis (``config.mesh.population`` > 1) needs vmap: the member axis is then a batch
+  axis XLA shards over the device groups, where unrolled copies would slice it apart."""
   value = config.population.vectorize
-  return AUTO_VECTORIZE.get(platform, AUTO_DEFAULT) if value == "auto" else value
+  if value != "auto":
+    return value
+  if int(config.mesh.population) > 1:
+    return "vmap"
+  return AUTO_VECTORIZE.get(platform, AUTO_DEFAULT)
 
 
 def vectorize(fn, how: str, in_axes):

@@ -77,7 +77,10 @@ def test_members_equal_single_runs(singles, tmp_path, vectorize):
 
 def test_population_axis_on_eight_devices_equals_one_device(tmp_path):
   assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
-  over = {"population.size": 4, "mesh.num_devices": 0, "train.xla_cpu_options": "default"}
+  # vmap on both meshes ('auto' takes it for a population axis; unroll vs vmap would compare
+  # two programs' rounding, not the sharding)
+  over = {"population.size": 4, "mesh.num_devices": 0, "train.xla_cpu_options": "default",
+          "population.vectorize": "vmap"}
   one, _ = _states(tiny_config("dta_snl", **DTA_SNL, **over), tmp_path / "one",
                    devices=jax.devices()[:1])
   c8 = tiny_config("dta_snl", **DTA_SNL, **over, **{"mesh.population": 2})
@@ -133,6 +136,12 @@ def test_population_config_errors():
   c = tiny_config("fixmatch", **{"population.size": 3, "mesh.population": 2})
   with pytest.raises(ValueError, match="config.mesh.population=2 must divide"):
     config_lib.validate(c)
+  with pytest.raises(ValueError, match="'unroll' cannot shard"):
+    config_lib.validate(tiny_config("fixmatch", **{"population.size": 2, "mesh.population": 2,
+                                                   "population.vectorize": "unroll"}))
+  auto = tiny_config("fixmatch", **{"population.size": 2, "mesh.population": 2})
+  assert population.how(auto, "cpu") == "vmap"
+  assert population.how(tiny_config("fixmatch", **{"population.size": 2}), "cpu") == "unroll"
   with pytest.raises(ValueError, match="config.population.size=0 is out of range"):
     config_lib.validate(tiny_config("fixmatch", **{"population.size": 0}))
 
