@@ -41,6 +41,17 @@ def tiny_config(algorithm: str = "fixmatch", **overrides):
   return c
 
 
+def restored_state(workdir, config):
+  """The newest checkpoint's train state of the run in ``workdir`` (``config``'s), on the host."""
+  import jax
+  from ssfer_jax import checkpoint, train
+  t = train.Trainer(config, workdir)
+  ckpt = checkpoint.Checkpointer(workdir, keep=5, async_save=False)  # reads: keep prunes nothing
+  state = ckpt.restore_state(ckpt.latest_step(), t.abstract_state)
+  ckpt.close()
+  return jax.device_get(state)
+
+
 @pytest.fixture
 def tiny():
   return tiny_config

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import Killed, tiny_config
+from conftest import Killed, restored_state, tiny_config
 from ssfer_jax import config as config_lib, population, train
 
 STEPS = 3
@@ -92,14 +92,6 @@ def test_population_axis_on_eight_devices_equals_one_device(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)  # max seen: 3.6e-6 absolute
 
 
-def _final_state(workdir, config):
-  t = train.Trainer(config, workdir)
-  ckpt = train.checkpoint.Checkpointer(workdir, keep=2, async_save=False)
-  state = ckpt.restore_state(ckpt.latest_step(), t.abstract_state)
-  ckpt.close()
-  return jax.device_get(state)
-
-
 def test_population_run_files_and_kill_resume(tmp_path, kill_after):
   c = tiny_config("dta_snl", **DTA_SNL, **{"population.size": 2, "train.num_steps": 8,
                                            "train.checkpoint_every": 4})
@@ -108,7 +100,7 @@ def test_population_run_files_and_kill_resume(tmp_path, kill_after):
   with pytest.raises(Killed):
     train.run(c, tmp_path / "resumed")
   resumed = train.run(c, tmp_path / "resumed")
-  a, b = _final_state(tmp_path / "straight", c), _final_state(tmp_path / "resumed", c)
+  a, b = restored_state(tmp_path / "straight", c), restored_state(tmp_path / "resumed", c)
   assert list(b.step) == [8, 8]
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)

@@ -15,18 +15,10 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from conftest import Killed, tiny_config
+from conftest import Killed, restored_state, tiny_config
 from ssfer_jax import checkpoint, config as config_lib, rundir, train
 
 RESUME = {"train.num_steps": 12, "train.checkpoint_every": 4, "train.eval_every": 4}
-
-
-def _final_state(workdir, config):
-  t = train.Trainer(config, workdir)
-  ckpt = checkpoint.Checkpointer(workdir, keep=5, async_save=False)
-  state = ckpt.restore_state(ckpt.latest_step(), t.abstract_state)
-  ckpt.close()
-  return jax.device_get(state)
 
 
 def _assert_bitwise_equal(a, b):
@@ -40,7 +32,7 @@ def straight(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
   config = tiny_config("fixmatch", **RESUME)
   summary = train.run(config, workdir)
-  return workdir, config, summary, _final_state(workdir, config)
+  return workdir, config, summary, restored_state(workdir, config)
 
 
 # -- non-finite state -----------------------------------------------------------------
@@ -176,7 +168,7 @@ def test_flipped_byte_in_newest_checkpoint_resumes_bitwise_equal(tmp_path, strai
   out, err = capsys.readouterr()
   assert "checkpoint step 8 skipped" in err and "SHA-256 mismatch" in err
   assert "resuming from the checkpoint at step 4" in out  # the banner (console.say: stdout)
-  _assert_bitwise_equal(ref, _final_state(tmp_path, config))
+  _assert_bitwise_equal(ref, restored_state(tmp_path, config))
   assert again["teacher"] == summary["teacher"]
 
 
@@ -305,7 +297,7 @@ def test_sigterm_then_ctrl_c_then_resume_equals_uninterrupted(tmp_path, straight
     train.run(config, tmp_path)
   assert signal.getsignal(signal.SIGINT) is before  # the run's handlers are undone
   again = train.run(config, tmp_path)
-  _assert_bitwise_equal(ref, _final_state(tmp_path, config))
+  _assert_bitwise_equal(ref, restored_state(tmp_path, config))
   assert again["teacher"] == summary["teacher"]
   assert not (tmp_path / ".lock").exists()
 

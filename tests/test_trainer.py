@@ -10,18 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import Killed, tiny_config
+from conftest import Killed, restored_state, tiny_config
 from ssfer_jax import algorithms, parallel, train
 from ssfer_jax.algorithms.base import Algorithm, UnlabeledOutput, no_state
 from ssfer_jax.data import pipeline
-
-
-def _params(workdir, config):
-  t = train.Trainer(config, workdir)
-  ckpt = train.checkpoint.Checkpointer(workdir, keep=2, async_save=False)
-  state = ckpt.restore_state(ckpt.latest_step(), t.abstract_state)
-  ckpt.close()
-  return jax.device_get(state)
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, kill_after):
@@ -31,8 +23,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, kill_after):
   with pytest.raises(Killed):
     train.run(config, tmp_path / "resumed")
   summary = train.run(config, tmp_path / "resumed")          # same command again: resumes at 6
-  a = _params(tmp_path / "straight", config)
-  b = _params(tmp_path / "resumed", config)
+  a = restored_state(tmp_path / "straight", config)
+  b = restored_state(tmp_path / "resumed", config)
   assert int(b.step) == 12
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -148,7 +140,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
   ckpt = train.checkpoint.Checkpointer(tmp_path, keep=2, async_save=False)
   assert ckpt.latest_step() == 4
   ckpt.close()
-  state = _params(tmp_path, config)
+  state = restored_state(tmp_path, config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
