@@ -196,11 +196,6 @@ def batch_sharding(mesh: Mesh, members: bool = False) -> NamedSharding:
   return NamedSharding(mesh, P(POPULATION, (DATA, FSDP)) if members else P((DATA, FSDP)))
 
 
-def member_sharding(mesh: Mesh) -> NamedSharding:
-  """A leading member dimension split over the population axis, the rest replicated."""
-  return NamedSharding(mesh, P(POPULATION))
-
-
 def batch_devices(mesh: Mesh) -> int:
   """Devices one member's batch is split over (a member group: data x fsdp)."""
   return mesh.shape[DATA] * mesh.shape[FSDP]

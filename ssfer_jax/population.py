@@ -233,15 +233,14 @@ def write_eval(trainer, state, step, writer: PopulationWriter, workdir) -> float
   for k, (res, v) in enumerate(zip(results, vals)):
     outputs.record_eval(trainer, step, res, {"val": v} if v is not None else {},
                         writer.members[k], member_workdir(workdir, k))
-  mean = lambda rs, net, key: float(np.mean([r[net][key] for r in rs]))  # noqa: E731
-  for prefix, rs in (("eval", results), ("val", vals if val is not None else [])):
-    for net in (rs[0] if rs else {}):
-      writer.top.write(step, {key: mean(rs, net, key) for key in
-                              ("top1", "mean_class_acc", "macro_f1")}, f"{prefix}_{net}")
+  mean = lambda rs: {net: {key: float(np.mean([r[net][key] for r in rs]))  # noqa: E731
+                          for key in ("top1", "mean_class_acc", "macro_f1")} for net in rs[0]}
+  overall = mean(results)
+  outputs.eval_rows(writer.top, step, overall, {"val": mean(vals)} if val is not None else {})
   writer.flush()
   if trainer.is_main:
     console.say(eval_line(step, trainer.config.train.num_steps, results))
-  return mean(results, "teacher", "top1")
+  return overall["teacher"]["top1"]
 
 
 def eval_line(step: int, total: int, results) -> str:
