@@ -229,7 +229,7 @@ def restore(workdir=None, checkpoint=None, *, step: int | None = None,
           partial_restore=True))
   if member is not None:
     from ssfer_jax import population  # only population runs need it
-    restored = jax.tree.map(lambda a: a[member], restored)
+    restored = population.member(restored, member)
     config = population.member_config(config, member)
   variables = {"params": restored[p_key]}
   if s_key in restored:
