@@ -21,6 +21,10 @@ The workdir of a population run: ``config.json``, ``run_info.json``, ``checkpoin
 files, as a single run writes them: metrics.jsonl, tb/, eval/, thresholds.png,
 summary.json, report.html), and ``summary.json`` with every member and the mean, the
 sample standard deviation and the 95 % t-interval over members (``stats.describe``).
+
+This is this project's own design, not a reconstruction: none of the reference code bases
+(Ada-CM, SSL-DTM, USB) trains seeds together. So are its rules (the seed + k numbering,
+the shared split by default, the ``auto`` vectorize choice measured here).
 """
 
 from __future__ import annotations
