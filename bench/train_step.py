@@ -105,6 +105,10 @@ _XLA_CPU = flags.DEFINE_multi_string(
 _MAXPOOL = flags.DEFINE_list("jax_maxpool", ["fast"],
                              "jax variants, config.model.max_pool: 'fast' (the models' default, "
                              "ssfer_jax/models/pooling.py) and/or 'xla' (flax nn.max_pool).")
+_BATCH_NORM = flags.DEFINE_list("jax_batch_norm", ["auto"],
+                                "jax variants, config.model.batch_norm: 'auto' (the default: "
+                                "'fast' on CPU), 'fast' (ssfer_jax/models/batch_norm.py) and/or "
+                                "'flax' (flax nn.BatchNorm).")
 _SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
 _FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
@@ -201,12 +205,13 @@ class JaxRunner:
   """The Trainer's jitted train step, compiled ahead of time (timed), fed as the loop feeds it."""
 
   def __init__(self, mode, size, b, uratio, workdir, seed=0, max_pool="fast",
-               xla_cpu_options="auto", compute_dtype=None):
+               xla_cpu_options="auto", compute_dtype=None, batch_norm="auto"):
     import jax
     from ssfer_jax import parallel, train
     self.jax, self.parallel = jax, parallel
     self.config = bench_config(mode, size, b, uratio)
     self.config.model.max_pool = max_pool
+    self.config.model.batch_norm = batch_norm
     self.config.train.xla_cpu_options = xla_cpu_options
     if compute_dtype:
       self.config.model.compute_dtype = compute_dtype
@@ -508,10 +513,10 @@ def main(argv):
       runners, info = {}, {}
       with tempfile.TemporaryDirectory() as tmp:
         for mode in _MODES.value:
-          for pool, xla in jax_variants(results["platform"]):
-            name = jax_row_name(mode, pool, xla)
+          for pool, norm, xla in jax_variants(results["platform"]):
+            name = jax_row_name(mode, pool, norm, xla)
             r = JaxRunner(mode, size, b, uratio, os.path.join(tmp, name.replace("/", "_")),
-                          max_pool=pool, xla_cpu_options=xla)
+                          max_pool=pool, xla_cpu_options=xla, batch_norm=norm)
             runners[name] = r
             info[name] = {"compile_s": r.compile_s, "flops_per_step": r.flops,
                           "xla_cpu_path": r.xla_cpu_path}
@@ -580,24 +585,26 @@ def main(argv):
 
 
 def jax_variants(platform):
-  """(max_pool, xla_cpu_options) of the jax rows: the first of each list is the baseline
-  row; every other max-pool with the first XLA path, every other XLA path (CPU only)
-  with the first max-pool."""
+  """(max_pool, batch_norm, xla_cpu_options) of the jax rows: the first of each list is
+  the baseline row; each other value of one list comes with the first of the others
+  (other XLA paths on CPU only)."""
   if "jax" not in _IMPLS.value:
     return []
   from ssfer_jax import xla_options
-  pools, xlas, seen = _MAXPOOL.value, [], []
+  pools, norms, xlas, seen = _MAXPOOL.value, _BATCH_NORM.value, [], []
   for value in (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1]):
     options = xla_options.parse(value)[1]
     if options not in seen:
       seen.append(options)
       xlas.append(value)
-  return ([(pools[0], xlas[0])] + [(p, xlas[0]) for p in pools[1:]]
-          + [(pools[0], x) for x in xlas[1:]])
+  return ([(pools[0], norms[0], xlas[0])] + [(p, norms[0], xlas[0]) for p in pools[1:]]
+          + [(pools[0], n, xlas[0]) for n in norms[1:]]
+          + [(pools[0], norms[0], x) for x in xlas[1:]])
 
 
-def jax_row_name(mode, pool, xla):
-  name = "jax" if pool == "fast" else "jax+xlapool"
+def jax_row_name(mode, pool, norm, xla):
+  name = ("jax" if pool == "fast" else "jax+xlapool") + (
+      "" if norm == _BATCH_NORM.value[0] else f"+{norm}bn")
   return f"{name}/{mode}" if xla == _XLA_CPU.value[0] else f"jax@{xla}/{mode}"
 
 
@@ -647,6 +654,15 @@ def _print_step_table(size, info, peak, results):
     if jax_name == "jax":
       compare("dta_snl: jax (fast max-pool) / jax+xlapool images/s", "jax+xlapool/dta_snl",
               "jax/dta_snl", "x")
+  for norm in _BATCH_NORM.value[1:]:
+    for mode in _MODES.value:
+      a_, b_ = f"jax+{norm}bn/{mode}", f"jax/{mode}"
+      compare(f"{mode}: jax (batch_norm {_BATCH_NORM.value[0]}) / jax+{norm}bn images/s",
+              a_, b_, "x")
+      if a_ in info and b_ in info:
+        paired = statistics.median(x / y for x, y in zip(info[a_]["step_s_rounds"],
+                                                         info[b_]["step_s_rounds"]))
+        paired_lines.append(f"  {mode}: jax / jax+{norm}bn images/s, paired: {paired:.2f}x")
   for xla in _XLA_CPU.value[1:]:
     for mode in _MODES.value:
       a_, b_ = f"jax@{xla}/{mode}", f"jax/{mode}"

@@ -27,7 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from ssfer_jax import rundir
+from ssfer_jax import reductions, rundir
 from ssfer_jax import state as state_lib
 
 CHECKSUMS = "checksums.json"
@@ -40,7 +40,7 @@ def abstract_like(state, shardings):
                       state, shardings)
 
 
-_any_nonfinite_jit = jax.jit(state_lib.any_nonfinite)
+_any_nonfinite_jit = jax.jit(reductions.any_nonfinite)
 
 
 class CheckpointDamagedError(ValueError):

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_dropout_mode = "random_block"  # random_block | max_attention
   c.model.compute_dtype = "float32"   # float32 | bfloat16 (parameters stay float32)
   c.model.max_pool = "fast"           # fast (cheap custom gradient) | xla (flax nn.max_pool)
+  c.model.batch_norm = "auto"         # auto (fast on CPU, flax elsewhere) | fast | flax
   c.init_from = ""                    # converted pretrained weights (ssfer_jax.tools.convert)
 
   c.optim = ml_collections.ConfigDict()

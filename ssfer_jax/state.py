@@ -41,13 +41,3 @@ def create(model, tx, algorithm, algo_cfg, *, rng, image_shape, num_classes, num
       rng=state_rng,
       algo=algorithm.init_state(algo_cfg, num_classes, num_unlabeled),
   )
-
-
-def any_nonfinite(tree) -> jax.Array:
-  """True when a floating leaf of ``tree`` holds a NaN or an inf. Inside a jitted step
-  it is one fused reduction over the tree (no host transfer); ``checkpoint`` uses it on a
-  restored state."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  if not leaves:
-    return jnp.bool_(False)
-  return ~jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()

@@ -24,7 +24,8 @@ import optax
 from ssfer_jax import optim
 from ssfer_jax.algorithms.base import StepInputs, cross_entropy
 from ssfer_jax.data.images import normalize
-from ssfer_jax.state import TrainState, any_nonfinite
+from ssfer_jax.reductions import any_nonfinite, global_norm
+from ssfer_jax.state import TrainState
 
 
 def ema_decay(step, decay, warmup: bool):
@@ -155,7 +156,7 @@ def make_train_step(model, tx, algorithm, config, *, steps_per_epoch: int, sched
         algo=aux["algo"])
 
     metrics = {"loss": loss, "loss_x": aux["loss_x"], "loss_u": aux["loss_u"],
-               "grad_norm": optax.tree.norm(grads), "ema_decay": decay,
+               "grad_norm": global_norm(grads), "ema_decay": decay,
                "nonfinite": nonfinite_flags(loss, grads, new_state)}
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(n_updates), jnp.float32)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssfer_jax.models import pooling
+from ssfer_jax.models import batch_norm, pooling
 
 
 class SmallCNN(nn.Module):
@@ -17,13 +17,14 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   dtype: Any = jnp.float32
   max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
+  batch_norm: str = "fast"  # batch_norm.module impl: 'fast' | 'flax' (| 'auto')
 
   @nn.compact
   def __call__(self, x, train: bool):
     for i, width in enumerate(self.widths):
       for j in range(1 if i == 0 else 2):
         x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}_{j}")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+        x = batch_norm.module(self.batch_norm)(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                          name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
       if i < len(self.widths) - 1:
