@@ -3,7 +3,7 @@ SNL alone, DTA + SNL, DTA + SNL with local attention and feature-map dropout, an
 with the unlabeled threshold statistic, N seeds
 each, through the real trainer; prints a markdown table (mean ± std and per seed).
 
-    python bench/ablation_dta_snl.py --config=configs/default.py --seeds=3 --set model.max_pool=xla --workdir=runs/bench_issue3
+    python bench/ablation_dta_snl.py --config=configs/default.py --seeds=3 --set model.max_pool=xla --set model.batch_norm=flax --set train.xla_cpu_options=default --workdir=runs/bench_issue3
 
 Rows are (config variant, method, overrides) of the same base config, so every row shares
 the data, model, schedule and seeds; only the method part changes:

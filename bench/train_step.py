@@ -47,6 +47,8 @@ Parts (``--parts``, comma-separated):
   values that resolve to an earlier one's options) adds a jax row per XLA:CPU convolution
   path (``config.train.xla_cpu_options``, ``ssfer_jax/xla_options.py``): ``jax/<mode>`` is
   the first (the Trainer's choice), ``jax@<value>/<mode>`` the others, in the same rounds.
+  ``--jax_batch_norm=auto,flax`` (a list: the first is the baseline) adds a row per
+  ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio.
   **Load guard:** the JAX / PyTorch ratios are not printed when the load average exceeds
   the core count (PyTorch's OpenMP barriers stall under load; the JAX-vs-JAX A/B, same
   process and rounds, is still printed). The header prints the load and instruction set.
