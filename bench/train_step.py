@@ -110,7 +110,8 @@ _MAXPOOL = flags.DEFINE_list("jax_maxpool", ["fast"],
 _BATCH_NORM = flags.DEFINE_list("jax_batch_norm", ["auto"],
                                 "jax variants, config.model.batch_norm: 'auto' (the default: "
                                 "'fast' on CPU), 'fast' (ssfer_jax/models/batch_norm.py) and/or "
-                                "'flax' (flax nn.BatchNorm).")
+                                "'flax' (flax nn.BatchNorm), comma-separated in one flag (a "
+                                "repeated flag keeps only its last value).")
 _SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
 _FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
@@ -594,6 +595,9 @@ def jax_variants(platform):
     return []
   from ssfer_jax import xla_options
   pools, norms, xlas, seen = _MAXPOOL.value, _BATCH_NORM.value, [], []
+  for flag, values in (("--jax_maxpool", pools), ("--jax_batch_norm", norms)):
+    if len(set(values)) != len(values):
+      raise ValueError(f"{flag}={','.join(values)} repeats a value; give each once")
   for value in (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1]):
     options = xla_options.parse(value)[1]
     if options not in seen:

@@ -15,16 +15,21 @@ hand, runs in a vectorised, threaded library kernel. So on CPU:
   and NaN where one is NaN or +-inf (0 * inf = NaN), with no overflow: a finite value,
   however large, contributes exactly 0. It reads each element once and writes nothing.
 
-Measured on the bench machine (2-core AVX-512, jax 0.10.2; ``docs/performance.md``,
-reductions section): the NaN/inf check over a ResNet-18-sized state five times over
-(parameters, teacher, two Adam moments, and one more) took 29.5 ms with ``all(isfinite)``
-and 4.7 ms here; the squared norm of the same 56 M values 90 ms with ``sum(x * x)`` and
-15 ms here; a (16, 56, 56, 64) per-channel sum 5.2 ms against 1.3 ms. Rounding is of the
-same order as XLA's: 2e-7 to 5e-7 relative in the shapes measured (XLA's sum: 3e-7 to
-4e-6, better for narrow (C = 8) arrays, worse for wide ones).
+Measured (``python bench/reductions.py``, 2-core AVX-512, jax 0.10.2, quiet; compiled with
+the ``eigen`` options that ``auto`` gives the step on AVX2 / AVX-512; docs/performance.md):
+a (16, 56, 56, 64) per-channel sum 1.59 ms plain against 0.17 ms here; the norm of a
+ResNet-18's parameters 19.8 ms against 4.3 ms; the NaN/inf check over four ResNet-18-sized
+trees 21.9 ms against 6.1 ms. Rounding is of the same order as XLA's: 2e-7 to 5e-7
+relative in the shapes measured (XLA's sum: 3e-7 to 4e-6, better for narrow (C = 8)
+arrays, worse for wide ones).
 
-On other backends (GPU, TPU) XLA's own reductions are fused and fast, and these forms
-were not measured there, so each function uses the plain reduction.
+Where the plain forms are used instead:
+* on other backends (GPU, TPU), where XLA's own reductions are fused and fast and these
+  forms were not measured (all three functions);
+* for ``sum_of_squares`` and ``any_nonfinite``, on more than one device. Their
+  reshapes merge a leaf's axes, and an FSDP-sharded axis merged into a larger one cannot
+  stay split: XLA would all-gather every large gradient (``channel_sum`` keeps the
+  batch axis leading and is unaffected).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ GRAM_MIN_SIZE = 4096   # smaller (or not divisible) leaves use sum(x * x)
 
 def on_cpu() -> bool:
   return jax.default_backend() == "cpu"
+
+
+def _matrix_forms() -> bool:
+  """Whole-leaf reshapes are safe and fast: CPU, one device (see the module docstring)."""
+  return on_cpu() and jax.device_count() == 1
 
 
 def channel_sum(x: jax.Array) -> jax.Array:
@@ -81,7 +91,7 @@ def sum_of_squares(tree) -> jax.Array:
   leaves = [x.astype(jnp.float32) for x in _floating_leaves(tree)]
   if not leaves:
     return jnp.float32(0.0)
-  if not on_cpu():
+  if not _matrix_forms():
     return sum(jnp.sum(x * x) for x in leaves)
   parts = []
   for x in leaves:
@@ -105,7 +115,7 @@ def any_nonfinite(tree) -> jax.Array:
   leaves = _floating_leaves(tree)
   if not leaves:
     return jnp.bool_(False)
-  if not on_cpu():
+  if not _matrix_forms():
     return ~jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
   probes = []  # 0 where finite, NaN where not; no value overflows
   for x in leaves:

@@ -88,13 +88,18 @@ def test_vjp_of_returned_statistics():
 def test_bfloat16_compute_keeps_float32_statistics():
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 4, 8)).astype(jnp.bfloat16)
   g = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-  _, y_ref, upd_ref, (_, dx_ref) = _apply(nn.BatchNorm, x, g, dtype=jnp.bfloat16)
-  _, y, upd, (_, dx) = _apply(batch_norm.BatchNorm, x, g, dtype=jnp.bfloat16)
+  _, y_ref, upd_ref, (p_ref, dx_ref) = _apply(nn.BatchNorm, x, g, dtype=jnp.bfloat16)
+  _, y, upd, (p_grads, dx) = _apply(batch_norm.BatchNorm, x, g, dtype=jnp.bfloat16)
   assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16
   assert upd["mean"].dtype == jnp.float32 and upd["var"].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
                              rtol=2e-2, atol=2e-2)
   np.testing.assert_allclose(upd["var"], upd_ref["var"], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32),
+                             rtol=2e-2, atol=2e-2)
+  for name in ("scale", "bias"):
+    assert p_grads[name].dtype == jnp.float32
+    np.testing.assert_allclose(p_grads[name], p_ref[name], rtol=2e-2, atol=2e-2)
 
 
 def test_same_variables_as_flax_and_no_update_while_initialising():

@@ -27,8 +27,8 @@ def test_reductions_bench(tmp_path):
   assert {"channel_sum (16, 56, 56, 64)", "global_norm (ResNet-18 params)",
           "any_nonfinite (4 x ResNet-18)"} <= set(res["cases"])
   for case in res["cases"].values():
-    assert case["plain_s"] > 0 and case["ssfer_jax_s"] > 0
-    assert case["paired_speedup"] == pytest.approx(case["plain_s"] / case["ssfer_jax_s"])
+    assert case["plain_s"] > 0 and case["ssfer_jax_s"] > 0 and case["paired_speedup"] > 0
+    assert [len(v) for v in case["rounds"].values()] == [1, 1]
 
 
 def test_step_parts_bench(tmp_path):

@@ -69,14 +69,15 @@ class ResNet(nn.Module):
   width: int = 64
   dtype: Any = jnp.float32
   max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
-  batch_norm: str = "fast"  # batch_norm.module impl: 'fast' | 'flax' (| 'auto')
+  batch_norm: str = "auto"  # batch_norm.module impl: 'auto' | 'fast' | 'flax'
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(batch_norm.module(self.batch_norm), use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    norm = functools.partial(batch_norm.module(self.batch_norm),
+                             use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype)
     x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
     x = pooling.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), impl=self.max_pool)
