@@ -28,7 +28,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ssfer_jax import reductions, rundir
-from ssfer_jax import state as state_lib
 
 CHECKSUMS = "checksums.json"
 DAMAGED_DIR = "checkpoints_damaged"
