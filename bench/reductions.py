@@ -46,11 +46,6 @@ _XLA = flags.DEFINE_string("xla_cpu_options", "auto",
 SHAPES = [(16, 56, 56, 64), (16, 28, 28, 64), (16, 14, 14, 128), (16, 7, 7, 256), (16, 4, 4, 512)]
 
 
-def _plain_nonfinite(tree):
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return ~jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
-
-
 def _resnet_params():
   cfg = base_config().model
   cfg.backbone = "resnet18"
@@ -70,7 +65,8 @@ def cases():
   out["global_norm (ResNet-18 params)"] = (optax.tree.norm, reductions.global_norm, params)
   state = [params, jax.tree.map(jnp.copy, params), jax.tree.map(jnp.zeros_like, params),
            jax.tree.map(jnp.ones_like, params)]
-  out["any_nonfinite (4 x ResNet-18)"] = (_plain_nonfinite, reductions.any_nonfinite, state)
+  out["any_nonfinite (4 x ResNet-18)"] = (reductions.plain_any_nonfinite,
+                                          reductions.any_nonfinite, state)
   return out
 
 

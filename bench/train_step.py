@@ -646,6 +646,14 @@ def _print_step_table(size, info, peak, results):
       lines.append((text, *(info[a][k] / info[b][k] for k in ("step_s", "step_s_best", "cpu_s")),
                     unit))
 
+  def paired(a, b):
+    """Median over rounds of a's / b's same-round seconds (robust to load that drifts over
+    rounds), or None unless both rows ran."""
+    if a in info and b in info:
+      return statistics.median(x / y for x, y in zip(info[a]["step_s_rounds"],
+                                                     info[b]["step_s_rounds"]))
+    return None
+
   for jax_name in ("jax", "jax+xlapool"):
     for mode in ("dta_snl", "supervised"):
       if quiet:
@@ -665,21 +673,19 @@ def _print_step_table(size, info, peak, results):
       a_, b_ = f"jax+{norm}bn/{mode}", f"jax/{mode}"
       compare(f"{mode}: jax (batch_norm {_BATCH_NORM.value[0]}) / jax+{norm}bn images/s",
               a_, b_, "x")
-      if a_ in info and b_ in info:
-        paired = statistics.median(x / y for x, y in zip(info[a_]["step_s_rounds"],
-                                                         info[b_]["step_s_rounds"]))
-        paired_lines.append(f"  {mode}: jax / jax+{norm}bn images/s, paired: {paired:.2f}x")
+      ratio = paired(a_, b_)
+      if ratio is not None:
+        paired_lines.append(f"  {mode}: jax / jax+{norm}bn images/s, paired: {ratio:.2f}x")
   for xla in _XLA_CPU.value[1:]:
     for mode in _MODES.value:
       a_, b_ = f"jax@{xla}/{mode}", f"jax/{mode}"
       compare(f"{mode}: jax ({_XLA_CPU.value[0]} = {info.get(b_, {}).get('xla_cpu_path')}"
               f") / jax@{xla} images/s", a_, b_, "x")
-      if a_ in info and b_ in info:   # same-round pairs: robust to load that drifts over rounds
-        paired = statistics.median(x / y for x, y in zip(info[a_]["step_s_rounds"],
-                                                         info[b_]["step_s_rounds"]))
-        info[b_].setdefault("paired_speedup", {})[xla] = paired
+      ratio = paired(a_, b_)
+      if ratio is not None:
+        info[b_].setdefault("paired_speedup", {})[xla] = ratio
         paired_lines.append(f"  {mode}: jax / jax@{xla} images/s, paired (median over rounds of "
-                            f"the same-round ratio): {paired:.2f}x")
+                            f"the same-round ratio): {ratio:.2f}x")
   compare("torch dta_snl over supervised", "torch/dta_snl", "torch/supervised", "%")
   if not quiet and any(k.startswith("torch/") for k in info):
     print(f"  load average reached {load:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio "

@@ -69,10 +69,6 @@ def _floating_leaves(tree):
   return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
 
 
-def _rows(x):
-  return x.reshape(1, 1) if x.ndim == 0 else x.reshape(-1, x.shape[-1])
-
-
 def _total(vectors) -> jax.Array:
   """Sum of all elements of a list of float32 vectors, as one product with ones. (XLA
   splits a ``sum(concatenate(...))`` back into one reduction per part, each a thunk
@@ -109,18 +105,25 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum_of_squares(tree))
 
 
+def plain_any_nonfinite(tree) -> jax.Array:
+  """``any_nonfinite`` as one ``all(isfinite)`` per leaf: its form off CPU and on meshes,
+  and ``bench/reductions.py``'s reference."""
+  leaves = _floating_leaves(tree)
+  if not leaves:
+    return jnp.bool_(False)
+  return ~jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+
+
 def any_nonfinite(tree) -> jax.Array:
   """True when a floating leaf of ``tree`` holds a NaN or an inf. One pass over the
   values, no host transfer; ``checkpoint`` uses it on a restored state."""
   leaves = _floating_leaves(tree)
-  if not leaves:
-    return jnp.bool_(False)
-  if not _matrix_forms():
-    return ~jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+  if not leaves or not _matrix_forms():
+    return plain_any_nonfinite(tree)
   probes = []  # 0 where finite, NaN where not; no value overflows
   for x in leaves:
     if _large(x):
-      a = _rows(x)
+      a = x.reshape(-1, x.shape[-1])
       zeros = jnp.zeros((a.shape[0],), a.dtype)
       probes.append(jnp.dot(zeros, a, precision=lax.Precision.HIGHEST).astype(jnp.float32))
     else:

@@ -52,6 +52,25 @@ def restored_state(workdir, config):
   return jax.device_get(state)
 
 
+def network_gradients(model_cfg, x, y):
+  """A network built from ``model_cfg`` (7 classes), initialised on ``x``, and its jitted
+  train-mode cross-entropy on (x, y): ``(variables, (loss, updated batch_stats), grads)``,
+  for comparing two implementations of a layer through the whole network."""
+  import jax
+  import jax.numpy as jnp
+  from ssfer_jax.models import build_model
+  model = build_model(model_cfg, 7)
+  variables = model.init(jax.random.PRNGKey(2), x, train=False)
+
+  def loss(params):
+    out, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                           train=True, mutable=["batch_stats"])
+    return -jax.nn.log_softmax(out["logits"])[jnp.arange(len(y)), y].mean(), upd
+
+  value_and_aux, grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+  return variables, value_and_aux, grads
+
+
 @pytest.fixture
 def tiny():
   return tiny_config

@@ -118,8 +118,8 @@ def test_network_fast_vs_flax(backbone, size):
   """The whole network, jitted, train mode: same variables, loss and gradients to rounding.
   Rounding is amplified through the layers (ResNet-18's last BatchNorms normalise over 8
   values here), so the tolerance is relative to each leaf's scale."""
+  from conftest import network_gradients
   from ssfer_jax.config import base_config
-  from ssfer_jax.models import build_model
   cfg = base_config().model
   cfg.backbone, cfg.head_dropout = backbone, 0.0
   x = jax.random.uniform(jax.random.PRNGKey(0), (8, size, size, 3))
@@ -127,15 +127,7 @@ def test_network_fast_vs_flax(backbone, size):
   out = {}
   for impl in ("fast", "flax"):
     cfg.batch_norm = impl
-    model = build_model(cfg, 7)
-    variables = model.init(jax.random.PRNGKey(2), x, train=False)
-
-    def loss(params):
-      o, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                           train=True, mutable=["batch_stats"])
-      return -jax.nn.log_softmax(o["logits"])[jnp.arange(8), y].mean(), upd
-
-    out[impl] = (variables, *jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]))
+    out[impl] = network_gradients(cfg, x, y)
   assert jax.tree.structure(out["fast"][0]) == jax.tree.structure(out["flax"][0])
   flat_fast = jax.tree_util.tree_leaves_with_path(out["fast"])
   for (path, a), b in zip(flat_fast, jax.tree.leaves(out["flax"])):

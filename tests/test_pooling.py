@@ -108,8 +108,8 @@ def test_model_gradients_under_jit_match_flax_pool(backbone, size):
   """The whole network, jitted: the pool's input is then recomputed inside XLA fusions.
   A backward pass that re-compares x with y (the first prototype) lost the gradient of
   windows whose recomputed maximum no longer compared equal: 2-4 % errors here."""
+  from conftest import network_gradients
   from ssfer_jax.config import base_config
-  from ssfer_jax.models import build_model
   cfg = base_config().model
   cfg.backbone, cfg.head_dropout = backbone, 0.0
   x = jax.random.uniform(jax.random.PRNGKey(0), (16, size, size, 3))
@@ -117,15 +117,7 @@ def test_model_gradients_under_jit_match_flax_pool(backbone, size):
   grads = {}
   for impl in pooling.IMPLS:
     cfg.max_pool = impl
-    model = build_model(cfg, 7)
-    variables = model.init(jax.random.PRNGKey(2), x, train=False)
-
-    def loss(params):
-      out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                           train=True, mutable=["batch_stats"])
-      return -jax.nn.log_softmax(out["logits"])[jnp.arange(16), y].mean()
-
-    grads[impl] = jax.jit(jax.grad(loss))(variables["params"])
+    grads[impl] = network_gradients(cfg, x, y)[2]
   flat_fast = jax.tree_util.tree_leaves_with_path(grads["fast"])
   flat_xla = jax.tree.leaves(grads["xla"])
   for (path, a), b in zip(flat_fast, flat_xla):

@@ -44,7 +44,7 @@ def resolve(impl: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f"config.model.batch_norm={impl!r} is not one of {IMPLS}")
   if impl == "auto":
-    return "fast" if jax.default_backend() == "cpu" else "flax"
+    return "fast" if reductions.on_cpu() else "flax"
   return impl
 
 
