@@ -14,6 +14,7 @@ import os
 import ml_collections
 
 from ssfer_jax import algorithms
+from ssfer_jax.models import batch_norm, pooling
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -269,6 +270,8 @@ _RANGES = (
 _CHOICES = (
     ("train.transfer_guard", ("allow", "log", "disallow")),
     ("population.vectorize", ("auto", "vmap", "unroll")),
+    ("model.max_pool", pooling.IMPLS),
+    ("model.batch_norm", batch_norm.IMPLS),
 )
 
 

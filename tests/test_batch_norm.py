@@ -144,4 +144,9 @@ def test_resolve_and_bad_value():
   cfg = base_config().model
   cfg.batch_norm = "torch"
   with pytest.raises(ValueError, match=r"config.model.batch_norm='torch' is not one of"):
-    build_model(cfg, 7)
+    build_model(cfg, 7)   # a config.json read by the tools, which build_model checks itself
+  from conftest import tiny_config
+  from ssfer_jax.config import validate
+  with pytest.raises(ValueError, match=r"config.model.batch_norm='torch' is not valid: use one "
+                     r"of 'auto', 'fast', 'flax'"):
+    validate(tiny_config("fixmatch", **{"model.batch_norm": "torch"}))
