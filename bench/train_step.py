@@ -232,6 +232,7 @@ class JaxRunner:
     self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     self.images_per_step = images_per_step(mode, b, uratio)
     self.k = 0
+    self.metrics = None   # run(0), e.g. --warmup=0, waits on the state alone
 
   def run(self, n):
     for _ in range(n):
