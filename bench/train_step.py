@@ -48,7 +48,10 @@ Parts (``--parts``, comma-separated):
   path (``config.train.xla_cpu_options``, ``ssfer_jax/xla_options.py``): ``jax/<mode>`` is
   the first (the Trainer's choice), ``jax@<value>/<mode>`` the others, in the same rounds.
   ``--jax_batch_norm=auto,flax`` (a list: the first is the baseline) adds a row per
-  ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio.
+  ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio;
+  ``--jax_conv=auto,flax`` likewise for ``config.model.conv`` (``jax+<value>conv/<mode>``).
+  Besides wall and process CPU time, the table shows the CPU time spent in the kernel
+  (``sys``: page faults above all) per step.
   **Load guard:** the JAX / PyTorch ratios are not printed when the load average exceeds
   the core count (PyTorch's OpenMP barriers stall under load; the JAX-vs-JAX A/B, same
   process and rounds, is still printed). The header prints the load and instruction set.
@@ -112,6 +115,10 @@ _BATCH_NORM = flags.DEFINE_list("jax_batch_norm", ["auto"],
                                 "'fast' on CPU), 'fast' (ssfer_jax/models/batch_norm.py) and/or "
                                 "'flax' (flax nn.BatchNorm), comma-separated in one flag (a "
                                 "repeated flag keeps only its last value).")
+_CONV = flags.DEFINE_list("jax_conv", ["auto"],
+                          "jax variants, config.model.conv: 'auto' (the default: 'fast' on "
+                          "CPU), 'fast' (ssfer_jax/models/conv.py) and/or 'flax' (flax "
+                          "nn.Conv), comma-separated in one flag.")
 _SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
 _FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
@@ -208,13 +215,14 @@ class JaxRunner:
   """The Trainer's jitted train step, compiled ahead of time (timed), fed as the loop feeds it."""
 
   def __init__(self, mode, size, b, uratio, workdir, seed=0, max_pool="fast",
-               xla_cpu_options="auto", compute_dtype=None, batch_norm="auto"):
+               xla_cpu_options="auto", compute_dtype=None, batch_norm="auto", conv="auto"):
     import jax
     from ssfer_jax import parallel, train
     self.jax, self.parallel = jax, parallel
     self.config = bench_config(mode, size, b, uratio)
     self.config.model.max_pool = max_pool
     self.config.model.batch_norm = batch_norm
+    self.config.model.conv = conv
     self.config.train.xla_cpu_options = xla_cpu_options
     if compute_dtype:
       self.config.model.compute_dtype = compute_dtype
@@ -268,21 +276,27 @@ class TorchRunner:
     self.ref.synchronize(self.dev)
 
 
-def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int):
+def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int, sys_time=None):
   """({name: [wall seconds per step, one per round]}, {name: [process CPU seconds per
   step]}), the runners alternating within each round. CPU seconds (all threads) are less
-  sensitive than wall time to other processes' load, but include spin-waiting."""
+  sensitive than wall time to other processes' load, but include spin-waiting. A dict
+  passed as ``sys_time`` receives {name: [kernel-mode CPU seconds per step]} (page faults
+  and other system calls: part of the CPU seconds)."""
   for r in runners.values():
     r.run(warmup)
   wall = {name: [] for name in runners}
   cpu = {name: [] for name in runners}
+  kernel = {name: [] for name in runners}
   for _ in range(rounds):
     for name, r in runners.items():
       time.sleep(_SETTLE.value)
-      t0, c0 = time.perf_counter(), time.process_time()
+      t0, c0, s0 = time.perf_counter(), time.process_time(), os.times().system
       r.run(steps)
       wall[name].append((time.perf_counter() - t0) / steps)
       cpu[name].append((time.process_time() - c0) / steps)
+      kernel[name].append((os.times().system - s0) / steps)
+  if sys_time is not None:
+    sys_time.update(kernel)
   return wall, cpu
 
 
@@ -517,10 +531,10 @@ def main(argv):
       runners, info = {}, {}
       with tempfile.TemporaryDirectory() as tmp:
         for mode in _MODES.value:
-          for pool, norm, xla in jax_variants(results["platform"]):
-            name = jax_row_name(mode, pool, norm, xla)
+          for pool, norm, conv, xla in jax_variants(results["platform"]):
+            name = jax_row_name(mode, pool, norm, conv, xla)
             r = JaxRunner(mode, size, b, uratio, os.path.join(tmp, name.replace("/", "_")),
-                          max_pool=pool, xla_cpu_options=xla, batch_norm=norm)
+                          max_pool=pool, xla_cpu_options=xla, batch_norm=norm, conv=conv)
             runners[name] = r
             info[name] = {"compile_s": r.compile_s, "flops_per_step": r.flops,
                           "xla_cpu_path": r.xla_cpu_path}
@@ -529,11 +543,14 @@ def main(argv):
                   f"{r.xla_cpu_path}", flush=True)
           if "torch" in _IMPLS.value and mode in ("dta_snl", "supervised"):
             runners[f"torch/{mode}"] = TorchRunner(mode, size, b, uratio)
-        times, cpu = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value)
+        kernel = {}
+        times, cpu = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value,
+                                      sys_time=kernel)
       for name, ts in times.items():
         rec = info.setdefault(name, {})
         rec.update(common.rounds_summary(ts, runners[name].images_per_step),
-                   cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name])
+                   cpu_s=statistics.median(cpu[name]), cpu_s_rounds=cpu[name],
+                   sys_s=statistics.median(kernel[name]), sys_s_rounds=kernel[name])
         if "flops_per_step" in rec:
           rec["flops_per_s"] = rec["flops_per_step"] / rec["step_s"]
       results["steps"][size] = info
@@ -589,29 +606,34 @@ def main(argv):
 
 
 def jax_variants(platform):
-  """(max_pool, batch_norm, xla_cpu_options) of the jax rows: the first of each list is
-  the baseline row; each other value of one list comes with the first of the others
+  """(max_pool, batch_norm, conv, xla_cpu_options) of the jax rows: the first of each list
+  is the baseline row; each other value of one list comes with the first of the others
   (other XLA paths on CPU only)."""
   if "jax" not in _IMPLS.value:
     return []
   from ssfer_jax import xla_options
-  pools, norms, xlas, seen = _MAXPOOL.value, _BATCH_NORM.value, [], []
-  for flag, values in (("--jax_maxpool", pools), ("--jax_batch_norm", norms)):
+  lists = [_MAXPOOL.value, _BATCH_NORM.value, _CONV.value]
+  for flag, values in zip(("--jax_maxpool", "--jax_batch_norm", "--jax_conv"), lists):
     if len(set(values)) != len(values):
       raise ValueError(f"{flag}={','.join(values)} repeats a value; give each once")
+  xlas, seen = [], []
   for value in (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1]):
     options = xla_options.parse(value)[1]
     if options not in seen:
       seen.append(options)
       xlas.append(value)
-  return ([(pools[0], norms[0], xlas[0])] + [(p, norms[0], xlas[0]) for p in pools[1:]]
-          + [(pools[0], n, xlas[0]) for n in norms[1:]]
-          + [(pools[0], norms[0], x) for x in xlas[1:]])
+  lists.append(xlas)
+  base = tuple(values[0] for values in lists)
+  rows = [base]
+  for i, values in enumerate(lists):
+    rows += [base[:i] + (v,) + base[i + 1:] for v in values[1:]]
+  return rows
 
 
-def jax_row_name(mode, pool, norm, xla):
-  name = ("jax" if pool == "fast" else "jax+xlapool") + (
-      "" if norm == _BATCH_NORM.value[0] else f"+{norm}bn")
+def jax_row_name(mode, pool, norm, conv, xla):
+  name = (("jax" if pool == "fast" else "jax+xlapool")
+          + ("" if norm == _BATCH_NORM.value[0] else f"+{norm}bn")
+          + ("" if conv == _CONV.value[0] else f"+{conv}conv"))
   return f"{name}/{mode}" if xla == _XLA_CPU.value[0] else f"jax@{xla}/{mode}"
 
 
@@ -626,13 +648,14 @@ def _print_step_table(size, info, peak, results):
   in brackets: under a shared machine's load the best round is the least disturbed)."""
   print(f"\n{size} px, B={_BATCH.value}, U={_BATCH.value * _URATIO.value}, "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps:")
-  print(f"  {'step':<26}{'s/step':>8}{'CPU s':>7}{'images/s':>10}{'best img/s':>11}"
+  print(f"  {'step':<26}{'s/step':>8}{'CPU s':>7}{'sys s':>7}{'images/s':>10}{'best img/s':>11}"
         f"{'compile s':>10}{'GFLOP/step':>11}{'GFLOP/s':>9}{'% peak':>8}")
   ref = peak.get("matmul_flops_per_s") if peak else None
   for name, r in info.items():
     fl = r.get("flops_per_step")
     fps = r.get("flops_per_s")
-    print(f"  {name:<26}{r['step_s']:>8.3f}{r['cpu_s']:>7.2f}{_fmt_rate(r['images_per_s']):>10}"
+    print(f"  {name:<26}{r['step_s']:>8.3f}{r['cpu_s']:>7.2f}{r['sys_s']:>7.3f}"
+          f"{_fmt_rate(r['images_per_s']):>10}"
           f"{_fmt_rate(r['images_per_s_best']):>11}"
           + (f"{r['compile_s']:>10.1f}{fl / 1e9:>11.1f}{fps / 1e9:>9.1f}" if fl else " " * 30)
           + (f"{100 * fps / ref:>7.0f}%" if fl and ref else ""))
@@ -669,14 +692,16 @@ def _print_step_table(size, info, peak, results):
     if jax_name == "jax":
       compare("dta_snl: jax (fast max-pool) / jax+xlapool images/s", "jax+xlapool/dta_snl",
               "jax/dta_snl", "x")
-  for norm in _BATCH_NORM.value[1:]:
-    for mode in _MODES.value:
-      a_, b_ = f"jax+{norm}bn/{mode}", f"jax/{mode}"
-      compare(f"{mode}: jax (batch_norm {_BATCH_NORM.value[0]}) / jax+{norm}bn images/s",
-              a_, b_, "x")
-      ratio = paired(a_, b_)
-      if ratio is not None:
-        paired_lines.append(f"  {mode}: jax / jax+{norm}bn images/s, paired: {ratio:.2f}x")
+  for key, values, suffix in (("batch_norm", _BATCH_NORM.value, "bn"),
+                              ("conv", _CONV.value, "conv")):
+    for value in values[1:]:
+      for mode in _MODES.value:
+        a_, b_ = f"jax+{value}{suffix}/{mode}", f"jax/{mode}"
+        compare(f"{mode}: jax ({key} {values[0]}) / jax+{value}{suffix} images/s", a_, b_, "x")
+        ratio = paired(a_, b_)
+        if ratio is not None:
+          paired_lines.append(f"  {mode}: jax / jax+{value}{suffix} images/s, paired: "
+                              f"{ratio:.2f}x")
   for xla in _XLA_CPU.value[1:]:
     for mode in _MODES.value:
       a_, b_ = f"jax@{xla}/{mode}", f"jax/{mode}"
