@@ -41,12 +41,11 @@ _IMAGES = flags.DEFINE_integer("images", 16, "Images per pass (the dta_snl step'
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds.")
 _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
 _BATCH_NORM = flags.DEFINE_string("batch_norm", "auto", "config.model.batch_norm of the jax network.")
-_CONV = flags.DEFINE_string("conv", "auto", "config.model.conv of the jax network.")
 
 
-def jax_parts(size, n, options, batch_norm="auto", conv="auto"):
+def jax_parts(size, n, options, batch_norm="auto"):
   cfg = base_config().model
-  cfg.batch_norm, cfg.conv = batch_norm, conv
+  cfg.batch_norm = batch_norm
   cfg.backbone, cfg.attention, cfg.feature_dropout, cfg.norm_scale = "resnet18", True, 0.5, 16.0
   model = build_model(cfg, 7)
   x = jax.random.uniform(jax.random.PRNGKey(0), (n, size, size, 3))
@@ -121,10 +120,8 @@ def main(_):
   m = common.machine()
   path, options = xla_options.for_platform("auto", m["platform"])
   print(common.machine_line(m) + f"; XLA:CPU path {path}; batch_norm {_BATCH_NORM.value}; "
-        f"conv {_CONV.value}; "
         f"{_IMAGES.value} images at {_SIZE.value} px", flush=True)
-  impls = {"jax": jax_parts(_SIZE.value, _IMAGES.value, options, _BATCH_NORM.value,
-                             _CONV.value),
+  impls = {"jax": jax_parts(_SIZE.value, _IMAGES.value, options, _BATCH_NORM.value),
            "torch": torch_parts(_SIZE.value, _IMAGES.value)}
   times = {(i, p): [] for i, parts in impls.items() for p in parts}
   for fn in (f for parts in impls.values() for f in parts.values()):
@@ -137,7 +134,7 @@ def main(_):
   load = os.getloadavg()[0]
   quiet = load <= (os.cpu_count() or 1)
   results = {"machine": m, "xla_cpu_path": path, "batch_norm": _BATCH_NORM.value,
-             "conv": _CONV.value, "size": _SIZE.value, "images": _IMAGES.value,
+             "size": _SIZE.value, "images": _IMAGES.value,
              "loadavg_end": os.getloadavg(), "parts": {}}
   print(f"{'part':<22}{'jax ms':>9}{'torch ms':>10}{'jax / torch':>13}")
   for part in impls["jax"]:

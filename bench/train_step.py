@@ -48,10 +48,9 @@ Parts (``--parts``, comma-separated):
   path (``config.train.xla_cpu_options``, ``ssfer_jax/xla_options.py``): ``jax/<mode>`` is
   the first (the Trainer's choice), ``jax@<value>/<mode>`` the others, in the same rounds.
   ``--jax_batch_norm=auto,flax`` (a list: the first is the baseline) adds a row per
-  ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio;
-  ``--jax_conv=auto,flax`` likewise for ``config.model.conv`` (``jax+<value>conv/<mode>``).
+  ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio.
   Besides wall and process CPU time, the table shows the CPU time spent in the kernel
-  (``sys``: page faults above all) per step.
+  (``sys s``: page faults above all) per step.
   **Load guard:** the JAX / PyTorch ratios are not printed when the load average exceeds
   the core count (PyTorch's OpenMP barriers stall under load; the JAX-vs-JAX A/B, same
   process and rounds, is still printed). The header prints the load and instruction set.
@@ -115,10 +114,6 @@ _BATCH_NORM = flags.DEFINE_list("jax_batch_norm", ["auto"],
                                 "'fast' on CPU), 'fast' (ssfer_jax/models/batch_norm.py) and/or "
                                 "'flax' (flax nn.BatchNorm), comma-separated in one flag (a "
                                 "repeated flag keeps only its last value).")
-_CONV = flags.DEFINE_list("jax_conv", ["auto"],
-                          "jax variants, config.model.conv: 'auto' (the default: 'fast' on "
-                          "CPU), 'fast' (ssfer_jax/models/conv.py) and/or 'flax' (flax "
-                          "nn.Conv), comma-separated in one flag.")
 _SETTLE = flags.DEFINE_float("settle_s", 0.5, "Pause between timed runners (lets threads park).")
 _FMA_UNITS = flags.DEFINE_integer("fma_units", 2, "CPU nominal peak: FMA pipes per core.")
 _INPUT_BATCHES = flags.DEFINE_integer("input_batches", 4, "input part: timed batches.")
@@ -215,14 +210,13 @@ class JaxRunner:
   """The Trainer's jitted train step, compiled ahead of time (timed), fed as the loop feeds it."""
 
   def __init__(self, mode, size, b, uratio, workdir, seed=0, max_pool="fast",
-               xla_cpu_options="auto", compute_dtype=None, batch_norm="auto", conv="auto"):
+               xla_cpu_options="auto", compute_dtype=None, batch_norm="auto"):
     import jax
     from ssfer_jax import parallel, train
     self.jax, self.parallel = jax, parallel
     self.config = bench_config(mode, size, b, uratio)
     self.config.model.max_pool = max_pool
     self.config.model.batch_norm = batch_norm
-    self.config.model.conv = conv
     self.config.train.xla_cpu_options = xla_cpu_options
     if compute_dtype:
       self.config.model.compute_dtype = compute_dtype
@@ -531,10 +525,10 @@ def main(argv):
       runners, info = {}, {}
       with tempfile.TemporaryDirectory() as tmp:
         for mode in _MODES.value:
-          for pool, norm, conv, xla in jax_variants(results["platform"]):
-            name = jax_row_name(mode, pool, norm, conv, xla)
+          for pool, norm, xla in jax_variants(results["platform"]):
+            name = jax_row_name(mode, pool, norm, xla)
             r = JaxRunner(mode, size, b, uratio, os.path.join(tmp, name.replace("/", "_")),
-                          max_pool=pool, xla_cpu_options=xla, batch_norm=norm, conv=conv)
+                          max_pool=pool, xla_cpu_options=xla, batch_norm=norm)
             runners[name] = r
             info[name] = {"compile_s": r.compile_s, "flops_per_step": r.flops,
                           "xla_cpu_path": r.xla_cpu_path}
@@ -606,34 +600,29 @@ def main(argv):
 
 
 def jax_variants(platform):
-  """(max_pool, batch_norm, conv, xla_cpu_options) of the jax rows: the first of each list
-  is the baseline row; each other value of one list comes with the first of the others
+  """(max_pool, batch_norm, xla_cpu_options) of the jax rows: the first of each list is
+  the baseline row; each other value of one list comes with the first of the others
   (other XLA paths on CPU only)."""
   if "jax" not in _IMPLS.value:
     return []
   from ssfer_jax import xla_options
-  lists = [_MAXPOOL.value, _BATCH_NORM.value, _CONV.value]
-  for flag, values in zip(("--jax_maxpool", "--jax_batch_norm", "--jax_conv"), lists):
+  pools, norms, xlas, seen = _MAXPOOL.value, _BATCH_NORM.value, [], []
+  for flag, values in (("--jax_maxpool", pools), ("--jax_batch_norm", norms)):
     if len(set(values)) != len(values):
       raise ValueError(f"{flag}={','.join(values)} repeats a value; give each once")
-  xlas, seen = [], []
   for value in (_XLA_CPU.value if platform == "cpu" else _XLA_CPU.value[:1]):
     options = xla_options.parse(value)[1]
     if options not in seen:
       seen.append(options)
       xlas.append(value)
-  lists.append(xlas)
-  base = tuple(values[0] for values in lists)
-  rows = [base]
-  for i, values in enumerate(lists):
-    rows += [base[:i] + (v,) + base[i + 1:] for v in values[1:]]
-  return rows
+  return ([(pools[0], norms[0], xlas[0])] + [(p, norms[0], xlas[0]) for p in pools[1:]]
+          + [(pools[0], n, xlas[0]) for n in norms[1:]]
+          + [(pools[0], norms[0], x) for x in xlas[1:]])
 
 
-def jax_row_name(mode, pool, norm, conv, xla):
-  name = (("jax" if pool == "fast" else "jax+xlapool")
-          + ("" if norm == _BATCH_NORM.value[0] else f"+{norm}bn")
-          + ("" if conv == _CONV.value[0] else f"+{conv}conv"))
+def jax_row_name(mode, pool, norm, xla):
+  name = ("jax" if pool == "fast" else "jax+xlapool") + (
+      "" if norm == _BATCH_NORM.value[0] else f"+{norm}bn")
   return f"{name}/{mode}" if xla == _XLA_CPU.value[0] else f"jax@{xla}/{mode}"
 
 
@@ -692,16 +681,14 @@ def _print_step_table(size, info, peak, results):
     if jax_name == "jax":
       compare("dta_snl: jax (fast max-pool) / jax+xlapool images/s", "jax+xlapool/dta_snl",
               "jax/dta_snl", "x")
-  for key, values, suffix in (("batch_norm", _BATCH_NORM.value, "bn"),
-                              ("conv", _CONV.value, "conv")):
-    for value in values[1:]:
-      for mode in _MODES.value:
-        a_, b_ = f"jax+{value}{suffix}/{mode}", f"jax/{mode}"
-        compare(f"{mode}: jax ({key} {values[0]}) / jax+{value}{suffix} images/s", a_, b_, "x")
-        ratio = paired(a_, b_)
-        if ratio is not None:
-          paired_lines.append(f"  {mode}: jax / jax+{value}{suffix} images/s, paired: "
-                              f"{ratio:.2f}x")
+  for norm in _BATCH_NORM.value[1:]:
+    for mode in _MODES.value:
+      a_, b_ = f"jax+{norm}bn/{mode}", f"jax/{mode}"
+      compare(f"{mode}: jax (batch_norm {_BATCH_NORM.value[0]}) / jax+{norm}bn images/s",
+              a_, b_, "x")
+      ratio = paired(a_, b_)
+      if ratio is not None:
+        paired_lines.append(f"  {mode}: jax / jax+{norm}bn images/s, paired: {ratio:.2f}x")
   for xla in _XLA_CPU.value[1:]:
     for mode in _MODES.value:
       a_, b_ = f"jax@{xla}/{mode}", f"jax/{mode}"

@@ -14,7 +14,7 @@ import os
 import ml_collections
 
 from ssfer_jax import algorithms
-from ssfer_jax.models import batch_norm, conv, pooling
+from ssfer_jax.models import batch_norm, pooling
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -70,7 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.compute_dtype = "float32"   # float32 | bfloat16 (parameters stay float32)
   c.model.max_pool = "fast"           # fast (cheap custom gradient) | xla (flax nn.max_pool)
   c.model.batch_norm = "auto"         # auto (fast on CPU, flax elsewhere) | fast | flax
-  c.model.conv = "auto"               # auto (fast input gradient on CPU, flax elsewhere) | fast | flax
   c.init_from = ""                    # converted pretrained weights (ssfer_jax.tools.convert)
 
   c.optim = ml_collections.ConfigDict()
@@ -273,7 +272,6 @@ _CHOICES = (
     ("population.vectorize", ("auto", "vmap", "unroll")),
     ("model.max_pool", pooling.IMPLS),
     ("model.batch_norm", batch_norm.IMPLS),
-    ("model.conv", conv.IMPLS),
 )
 
 

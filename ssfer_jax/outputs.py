@@ -43,7 +43,7 @@ def ensure_writable(workdir) -> epath.Path:
 RESUME_FREE = ("train.num_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
                "train.allow_config_change", "train.xla_cpu_options", "train.transfer_guard",
-               "population.vectorize", "model.max_pool", "model.batch_norm", "model.conv",
+               "population.vectorize", "model.max_pool", "model.batch_norm",
                "data.num_workers",
                "data.read_threads", "data.prefetch", "eval.batch_size", "dataset.data_dir",
                "mesh", "distributed")

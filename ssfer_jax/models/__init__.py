@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ssfer_jax.models import batch_norm, conv, pooling
+from ssfer_jax.models import batch_norm, pooling
 from ssfer_jax.models.head import FERNet
 from ssfer_jax.models.resnet import ResNet18, ResNet50
 from ssfer_jax.models.small_cnn import SmallCNN
@@ -28,12 +28,9 @@ def build_model(model_cfg, num_classes: int) -> FERNet:
   # Likewise config.model.batch_norm: runs written before it existed used flax's BatchNorm,
   # whose parameters and statistics are the same ones.
   norm = batch_norm.resolve(model_cfg.get("batch_norm", "flax"))
-  # And config.model.conv: before it, flax's Conv, whose parameters are the same ones.
-  conv_impl = conv.resolve(model_cfg.get("conv", "flax"))
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_cfg.compute_dtype]
   return FERNet(
-      backbone=BACKBONES[model_cfg.backbone](dtype=dtype, max_pool=pool, batch_norm=norm,
-                                               conv=conv_impl),
+      backbone=BACKBONES[model_cfg.backbone](dtype=dtype, max_pool=pool, batch_norm=norm),
       num_classes=num_classes,
       head_dropout=model_cfg.head_dropout,
       norm_scale=model_cfg.norm_scale,

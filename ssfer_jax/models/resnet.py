@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssfer_jax.models import batch_norm, conv as conv_lib, pooling
+from ssfer_jax.models import batch_norm, pooling
 
 ModuleDef = Any
 
@@ -70,11 +70,10 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
   batch_norm: str = "auto"  # batch_norm.module impl: 'auto' | 'fast' | 'flax'
-  conv: str = "auto"        # conv.module impl: 'auto' | 'fast' | 'flax'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(conv_lib.module(self.conv), use_bias=False, dtype=self.dtype,
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
     norm = functools.partial(batch_norm.module(self.batch_norm),
                              use_running_average=not train, momentum=0.9, epsilon=1e-5,

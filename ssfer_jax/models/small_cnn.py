@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ssfer_jax.models import batch_norm, conv, pooling
+from ssfer_jax.models import batch_norm, pooling
 
 
 class SmallCNN(nn.Module):
@@ -18,14 +18,12 @@ class SmallCNN(nn.Module):
   dtype: Any = jnp.float32
   max_pool: str = "fast"    # pooling.max_pool impl: 'fast' | 'xla'
   batch_norm: str = "auto"  # batch_norm.module impl: 'auto' | 'fast' | 'flax'
-  conv: str = "auto"        # conv.module impl: 'auto' | 'fast' | 'flax'
 
   @nn.compact
   def __call__(self, x, train: bool):
     for i, width in enumerate(self.widths):
       for j in range(1 if i == 0 else 2):
-        x = conv.module(self.conv)(width, (3, 3), use_bias=False, dtype=self.dtype,
-                                   name=f"conv{i}_{j}")(x)
+        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}_{j}")(x)
         x = batch_norm.module(self.batch_norm)(use_running_average=not train, momentum=0.9,
                                                dtype=self.dtype, name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
