@@ -41,6 +41,12 @@ def machine_line(m: dict) -> str:
           f"{m['cpu_count']} CPUs, instruction set {m['instruction_set']}")
 
 
+def quiet(load: float) -> bool:
+  """Whether a 1-minute load average is within the core count: above it, PyTorch's OpenMP
+  barriers stall and a JAX / PyTorch ratio is not valid (the benches print none)."""
+  return load <= (os.cpu_count() or 1)
+
+
 def per_call_s(fn, n: int, sync=None) -> float:
   """Seconds per call of ``fn()`` over ``n`` calls; ``sync(last result)`` (e.g.
   ``jax.block_until_ready``) is inside the timing, so asynchronous work is counted."""

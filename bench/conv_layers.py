@@ -17,7 +17,7 @@ XLA runs with the Trainer's XLA:CPU options (``auto``). ``count`` is how many ti
 runs that shape per pass, and the totals weight each row by it (the stem's ``dx`` is never
 needed: its input is the image). Per row: median milliseconds and jax / torch (> 1: JAX
 slower). The load-average guard of ``bench/train_step.py`` applies: no ratio above the core
-count. docs/performance.md ("ResNet-18's convolutions one by one") has a run.
+count. docs/performance.md (fourth session, "XLA:CPU's convolutions") has a run.
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ def torch_ops(n, h, ci, co, k, st):
 def main(_):
   m = common.machine()
   path, options = xla_options.for_platform("auto", m["platform"])
-  torch.set_num_threads(os.cpu_count() or 1)
   print(common.machine_line(m) + f"; XLA:CPU path {path}; {_IMAGES.value} images at "
         f"{_SIZE.value} px; torch {torch.__version__} ({torch.get_num_threads()} threads)",
         flush=True)
@@ -114,9 +113,10 @@ def main(_):
       time.sleep(0.02)
       impls[key][op]()     # untimed: wakes the library's threads after the pause
       times[(key, op)].append(common.per_call_s(impls[key][op], 5))
-  quiet = os.getloadavg()[0] <= (os.cpu_count() or 1)
+  load_end = os.getloadavg()
+  quiet = common.quiet(load_end[0])
   results = {"machine": m, "xla_cpu_path": path, "size": _SIZE.value, "images": _IMAGES.value,
-             "loadavg_end": os.getloadavg(), "rows": {}}
+             "loadavg_end": load_end, "rows": {}}
   print(f"{'convolution':<26}{'count':>6}" + "".join(f"{op + ' jax/torch ms':>22}" for op in OPS))
   totals = {(impl, op): 0.0 for impl in ("jax", "torch") for op in OPS}
   for name, h, ci, co, k, st, count in rows:
@@ -139,8 +139,8 @@ def main(_):
   print(f"{'one pass, weighted':<32}" + "".join(f"{c:>22}" for c in cells))
   results["totals_s"] = {f"{impl}_{op}": v for (impl, op), v in totals.items()}
   if not quiet:
-    print(f"load average {os.getloadavg()[0]:.1f} > {os.cpu_count()} cores: no JAX / PyTorch "
-          "ratio printed")
+    print(f"load average {load_end[0]:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio "
+          "printed")
   if _JSON.value:
     common.write_json(_JSON.value, results)
 

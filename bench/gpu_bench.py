@@ -117,7 +117,7 @@ def part_steps():
         j = ts.JaxRunner(mode, size, b, ts._URATIO.value, tmp, compute_dtype=dtype)
         rec.update(jax_compile_s=j.compile_s, flops_per_step=j.flops)
         runners = {"jax": j, "torch": torch_cell(mode, size, b, dtype)}
-        wall, _ = ts.time_interleaved(runners, ts._WARMUP.value, ts._STEPS.value,
+        wall, _, _ = ts.time_interleaved(runners, ts._WARMUP.value, ts._STEPS.value,
                                       ts._ROUNDS.value)
         rec["jax"] = _summary(wall["jax"], j.images_per_step, j.flops)
         rec["torch_eager"] = _summary(wall["torch"], j.images_per_step, j.flops)

@@ -132,7 +132,7 @@ def main(_):
       impls[impl][part]()
       times[(impl, part)].append(common.per_call_s(impls[impl][part], 2))
   load = os.getloadavg()[0]
-  quiet = load <= (os.cpu_count() or 1)
+  quiet = common.quiet(load)
   results = {"machine": m, "xla_cpu_path": path, "batch_norm": _BATCH_NORM.value,
              "size": _SIZE.value, "images": _IMAGES.value,
              "loadavg_end": os.getloadavg(), "parts": {}}

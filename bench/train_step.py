@@ -270,12 +270,12 @@ class TorchRunner:
     self.ref.synchronize(self.dev)
 
 
-def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int, sys_time=None):
+def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int):
   """({name: [wall seconds per step, one per round]}, {name: [process CPU seconds per
-  step]}), the runners alternating within each round. CPU seconds (all threads) are less
-  sensitive than wall time to other processes' load, but include spin-waiting. A dict
-  passed as ``sys_time`` receives {name: [kernel-mode CPU seconds per step]} (page faults
-  and other system calls: part of the CPU seconds)."""
+  step]}, {name: [kernel-mode CPU seconds per step]}), the runners alternating within each
+  round. CPU seconds (all threads) are less sensitive than wall time to other processes'
+  load, but include spin-waiting; the kernel-mode part is page faults and other system
+  calls."""
   for r in runners.values():
     r.run(warmup)
   wall = {name: [] for name in runners}
@@ -289,9 +289,7 @@ def time_interleaved(runners: dict, warmup: int, steps: int, rounds: int, sys_ti
       wall[name].append((time.perf_counter() - t0) / steps)
       cpu[name].append((time.process_time() - c0) / steps)
       kernel[name].append((os.times().system - s0) / steps)
-  if sys_time is not None:
-    sys_time.update(kernel)
-  return wall, cpu
+  return wall, cpu, kernel
 
 
 # ---------------------------------------------------------------------------------------
@@ -537,9 +535,8 @@ def main(argv):
                   f"{r.xla_cpu_path}", flush=True)
           if "torch" in _IMPLS.value and mode in ("dta_snl", "supervised"):
             runners[f"torch/{mode}"] = TorchRunner(mode, size, b, uratio)
-        kernel = {}
-        times, cpu = time_interleaved(runners, _WARMUP.value, _STEPS.value, _ROUNDS.value,
-                                      sys_time=kernel)
+        times, cpu, kernel = time_interleaved(runners, _WARMUP.value, _STEPS.value,
+                                              _ROUNDS.value)
       for name, ts in times.items():
         rec = info.setdefault(name, {})
         rec.update(common.rounds_summary(ts, runners[name].images_per_step),
@@ -629,7 +626,7 @@ def jax_row_name(mode, pool, norm, xla):
 def load_ok(results) -> tuple[bool, float]:
   """(whether the 1-min load average stayed within the core count, the highest seen)."""
   loads = [results["loadavg_start"][0]] + [l[0] for l in results.get("loadavg_steps", {}).values()]
-  return max(loads) <= (os.cpu_count() or 1), max(loads)
+  return common.quiet(max(loads)), max(loads)
 
 
 def _print_step_table(size, info, peak, results):
