@@ -27,18 +27,20 @@ if ROOT not in sys.path:
 
 def machine() -> dict:
   """Where the numbers come from: the first jax device, jax's version, the CPU count, the
-  x86 vector extension and the 1-minute load average (os.getloadavg)."""
+  x86 vector extension, the C allocator in the process (ssfer_jax/malloc.py: it moves CPU
+  step times) and the 1-minute load average (os.getloadavg)."""
   import jax
-  from ssfer_jax import xla_options
+  from ssfer_jax import malloc, xla_options
   dev = jax.devices()[0]
   return {"device": str(dev), "platform": dev.platform, "jax": jax.__version__,
           "cpu_count": os.cpu_count(), "instruction_set": xla_options.instruction_set(),
-          "loadavg": os.getloadavg()}
+          "malloc": malloc.loaded(), "loadavg": os.getloadavg()}
 
 
 def machine_line(m: dict) -> str:
   return (f"device {m['device']}, jax {m['jax']}, load average {m['loadavg'][0]:.1f} on "
-          f"{m['cpu_count']} CPUs, instruction set {m['instruction_set']}")
+          f"{m['cpu_count']} CPUs, instruction set {m['instruction_set']}, malloc "
+          f"{m.get('malloc', '?')}")
 
 
 def quiet(load: float) -> bool:

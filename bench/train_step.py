@@ -50,7 +50,9 @@ Parts (``--parts``, comma-separated):
   ``--jax_batch_norm=auto,flax`` (a list: the first is the baseline) adds a row per
   ``config.model.batch_norm``, named ``jax+<value>bn/<mode>``, with a paired ratio.
   Besides wall and process CPU time, the table shows the CPU time spent in the kernel
-  (``sys s``: page faults above all) per step.
+  (``sys s``: page faults above all) per step. Both implementations run under the
+  process's C allocator, named in the header: ``--malloc`` as for ``ssfer_jax.main``
+  (default ``auto``: tcmalloc where installed; ``--malloc=system`` for glibc's).
   **Load guard:** the JAX / PyTorch ratios are not printed when the load average exceeds
   the core count (PyTorch's OpenMP barriers stall under load; the JAX-vs-JAX A/B, same
   process and rounds, is still printed). The header prints the load and instruction set.
@@ -121,6 +123,9 @@ _LOOP_CONFIG = flags.DEFINE_string("loop_config", "configs/default.py",
                                    "loop part: the config file[:variant] to time.")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 30, "loop part: timed steps per measurement.")
 _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
+_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "tcmalloc", "system"],
+                            "C allocator of this process, so of both implementations "
+                            "(ssfer_jax/malloc.py; as python -m ssfer_jax.main --malloc).")
 
 NUM_CLASSES = 7
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -493,6 +498,8 @@ def _fmt_rate(x):
 
 def main(argv):
   del argv
+  from ssfer_jax import malloc
+  malloc.reexec_if_wanted(_MALLOC.value)  # before jax and torch start their threads
   import jax
   m = common.machine()
   results = {**m, "batch": _BATCH.value, "uratio": _URATIO.value, "command": " ".join(sys.argv),

@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 
+from ssfer_jax import malloc
 from ssfer_jax.data import splits
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
@@ -62,7 +63,8 @@ def devices_info() -> dict:
 def provenance() -> dict:
   """What run_info.json and report.html record about how and where a run was made."""
   return {"git_commit": git_commit(), "command_line": shlex.join(sys.argv),
-          "cwd": os.getcwd(), "versions": versions(), "devices": devices_info()}
+          "cwd": os.getcwd(), "versions": versions(), "devices": devices_info(),
+          "malloc": malloc.loaded()}
 
 
 def banner(config, trainer, resumed_from: int | None, workdir) -> str:
@@ -93,7 +95,8 @@ def banner(config, trainer, resumed_from: int | None, workdir) -> str:
       f"  devices {dev['num_devices']} x {dev['device_kind']} ({dev['platform']}), "
       f"{dev['num_processes']} process(es); mesh {mesh}"
       + (f"; XLA:CPU path {trainer.xla_cpu_path}" if getattr(trainer, "xla_cpu_path", None)
-         else ""),
+         else "")
+      + (f"; malloc {malloc.describe()}" if dev["platform"] == "cpu" else ""),
   ]
   if getattr(trainer, "stacked", False):
     seeds = [c.seed for c in trainer.member_configs]

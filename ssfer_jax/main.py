@@ -5,6 +5,8 @@
     python -m ssfer_jax.main --config=configs/default.py:dta_snl --dry_run
 
 Overrides: ``--config.train.num_steps=200 --config.data.labels_per_class=25``.
+On CPU a run re-executes itself once under tcmalloc when the machine has it (``--malloc``,
+ssfer_jax/malloc.py: glibc re-faults XLA's per-step buffer); the banner names the allocator.
 Running the same command again resumes from the latest checkpoint in ``--workdir``; a
 workdir that holds a different run is refused before anything is written.
 Errors are one ``error:`` line (exit 2); ``--verbose`` or ``SSFER_DEBUG=1`` shows the
@@ -29,6 +31,11 @@ _LIST = flags.DEFINE_bool("list", False, "Print the configs, methods, ablations/
                           "datasets, then exit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and the label split, "
                              "then exit (writes nothing).")
+_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "tcmalloc", "system"],
+                            "C allocator for a CPU run: auto = tcmalloc when installed and no "
+                            "GPU/TPU plugin is (re-executes this command once with LD_PRELOAD; "
+                            "ssfer_jax/malloc.py says why), tcmalloc = require it, system = as "
+                            "started.")
 
 
 def main(argv):
@@ -58,6 +65,8 @@ def main(argv):
   if not _WORKDIR.value:
     raise cli.UserError("--workdir is required: the directory for checkpoints, logs and "
                         "results (an existing one resumes its run)")
+  from ssfer_jax import malloc
+  malloc.reexec_if_wanted(_MALLOC.value)  # before jax: the allocator is fixed at process start
   from ssfer_jax import parallel  # noqa: imported after flags so --help stays fast
   parallel.maybe_initialize_distributed(config.distributed)
   from ssfer_jax import train

@@ -1,0 +1,155 @@
+"""Which C allocator a CPU run uses, and putting tcmalloc under it when the machine has one.
+
+Why it matters on CPU: every step, XLA:CPU's runtime allocates the step's temporary buffer
+(152 MB for the dta_snl step at 112 px) with ``malloc`` from a worker thread and frees it at
+the end. glibc serves a block that large from a fresh ``mmap`` and unmaps it on ``free``, so
+every step faults the whole buffer in again: 37,000 page faults and 60-105 ms of kernel time
+per step at 112 px, 0.3 s at 224 px. tcmalloc keeps freed spans for the next request, and
+with ``TCMALLOC_RELEASE_RATE=0`` it never hands them back to the kernel, so the step reuses
+the same pages (kernel time 5-15 ms). Measurements: docs/performance.md, "fifth session".
+The allocator moves no number: the same program runs on the same bytes.
+
+An allocator is fixed when the process starts (glibc's settings are read at start-up, and a
+library loaded into a running process cannot replace ``malloc``), so ``reexec_if_wanted``
+re-executes the same command line once, with ``LD_PRELOAD`` naming tcmalloc, through
+``os.execve``: the process keeps its pid, its open files and its working directory. It runs
+before anything imports jax or starts a thread.
+
+``--malloc`` (``python -m ssfer_jax.main``, ``bench/train_step.py``) takes:
+
+* ``auto`` (default): tcmalloc when the system has the library (Debian/Ubuntu:
+  ``apt-get install libtcmalloc-minimal4``) and no accelerator plugin for jax is installed
+  (on a GPU or TPU the step's buffers live on the device, and host ``malloc`` is not in the
+  step); otherwise the process as started.
+* ``tcmalloc``: tcmalloc, or one error line saying how to install it.
+* ``system``: the process as started, whatever it preloads.
+
+``SSFER_TCMALLOC=/path/to/libtcmalloc.so`` names a library the dynamic loader does not find.
+
+A process already started under another allocator (``LD_PRELOAD`` of tcmalloc, jemalloc or
+mimalloc) is left as it is in every mode.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+import os
+import sys
+from typing import Mapping
+
+MODES = ("auto", "tcmalloc", "system")
+REEXEC_MARK = "SSFER_MALLOC_REEXEC"   # set in the re-executed process: never exec twice
+LIBRARY_ENV = "SSFER_TCMALLOC"         # a tcmalloc outside the loader's path (a conda env, ...)
+INSTALL_HINT = ("install it (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; "
+                "Fedora: dnf install gperftools-libs)")
+# Shared-object name fragments in /proc/self/maps -> allocator; glibc when none is mapped.
+_KNOWN = (("libtcmalloc", "tcmalloc"), ("libjemalloc", "jemalloc"), ("libmimalloc", "mimalloc"))
+# jax plugins that put the step on an accelerator (host malloc then leaves the step).
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                       "jax_rocm7_plugin", "libtpu")
+
+
+def loaded(maps_text: str | None = None) -> str:
+  """The allocator mapped into this process: 'tcmalloc', 'jemalloc', 'mimalloc' or 'glibc'.
+
+  Reads /proc/self/maps (``maps_text`` for tests); 'unknown' where it cannot be read (not
+  Linux)."""
+  if maps_text is None:
+    try:
+      with open("/proc/self/maps") as f:
+        maps_text = f.read()
+    except OSError:
+      return "unknown"
+  for fragment, name in _KNOWN:
+    if fragment in maps_text:
+      return name
+  return "glibc"
+
+
+def find_tcmalloc() -> str | None:
+  """The tcmalloc library: ``$SSFER_TCMALLOC`` (a path, for a library outside the loader's
+  search path), else the name the dynamic loader finds, else None."""
+  path = os.environ.get(LIBRARY_ENV)
+  if path:
+    if not os.path.isfile(path):
+      raise ValueError(f"{LIBRARY_ENV}={path!r} is not a file: point it at the tcmalloc library "
+                       "(e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4) or unset it")
+    return path
+  for name in ("tcmalloc_minimal", "tcmalloc"):
+    found = ctypes.util.find_library(name)
+    if found:
+      return found
+  return None
+
+
+def accelerator_plugin() -> str | None:
+  """The first installed jax accelerator plugin (a GPU or TPU backend), or None."""
+  if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    return None   # the user pinned jax to the CPU: the plugin, if any, is not used
+  for name in ACCELERATOR_PLUGINS:
+    if importlib.util.find_spec(name) is not None:
+      return name
+  return None
+
+
+def plan(mode: str, environ: Mapping[str, str], now: str, library: str | None,
+         plugin: str | None) -> dict | None:
+  """The environment to re-execute with, or None to go on as started.
+
+  ``now``: ``loaded()``; ``library``: ``find_tcmalloc()``; ``plugin``: ``accelerator_plugin()``.
+  Raises ValueError (one line) for an unknown mode, and for ``tcmalloc`` when the library is
+  missing or did not load after the re-execution.
+  """
+  if mode not in MODES:
+    raise ValueError(f"--malloc={mode!r} is not valid: use one of "
+                     + ", ".join(repr(m) for m in MODES))
+  if mode == "system" or now != "glibc":
+    return None                    # asked to leave it, or already under another allocator
+  if environ.get(REEXEC_MARK):
+    if mode == "tcmalloc":         # preloaded, yet glibc's malloc is still the one in use
+      raise ValueError(f"--malloc=tcmalloc: LD_PRELOAD={environ.get('LD_PRELOAD', '')!r} did "
+                       "not load tcmalloc; check the library with ldconfig -p | grep tcmalloc, "
+                       "or use --malloc=system")
+    return None
+  if library is None:
+    if mode == "tcmalloc":
+      raise ValueError(f"--malloc=tcmalloc: no tcmalloc library on this machine; {INSTALL_HINT}, "
+                       "or use --malloc=auto")
+    return None
+  if mode == "auto" and plugin is not None:
+    return None
+  env = dict(environ)
+  preload = environ.get("LD_PRELOAD", "").strip()
+  env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
+  env.setdefault("TCMALLOC_RELEASE_RATE", "0")   # keep freed pages: the next step reuses them
+  env[REEXEC_MARK] = "1"
+  return env
+
+
+def reexec_if_wanted(mode: str) -> None:
+  """Re-executes this command under tcmalloc when ``plan`` says so; returns otherwise."""
+  # The mark only guards this process's own exec: children (a bench's workers, a user's
+  # sub-runs) inherit LD_PRELOAD, not the mark.
+  environ = dict(os.environ)
+  os.environ.pop(REEXEC_MARK, None)
+  env = plan(mode, environ, loaded(), find_tcmalloc() if mode != "system" else None,
+             accelerator_plugin() if mode == "auto" else None)
+  if env is None:
+    return
+  argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
+  argv[0] = sys.executable
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, argv, env)
+
+
+def describe() -> str:
+  """One phrase for the banner and run_info.json: the allocator and, for glibc, the remedy."""
+  now = loaded()
+  if now == "tcmalloc":
+    rate = os.environ.get("TCMALLOC_RELEASE_RATE")
+    return "tcmalloc" + (f" (TCMALLOC_RELEASE_RATE={rate})" if rate is not None else "")
+  if now == "glibc" and find_tcmalloc() is None:
+    return "glibc (tcmalloc makes CPU steps faster: apt-get install libtcmalloc-minimal4)"
+  return now
