@@ -1,5 +1,6 @@
 """ssfer_jax.malloc: which allocator a run uses and when it re-executes under tcmalloc."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -107,3 +108,31 @@ def test_a_bad_library_path_is_one_error_line_and_writes_nothing(tmp_path):
   assert res.returncode == 2 and len(lines) == 1, res.stderr
   assert lines[0].startswith("error: SSFER_TCMALLOC=") and "is not a file" in lines[0]
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.skipif(malloc.find_tcmalloc() is None,
+                    reason="no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)")
+def test_a_run_under_tcmalloc_logs_the_same_numbers_as_under_glibc(tmp_path):
+  """The allocator moves no number: same train metrics, bit for bit, and run_info says which."""
+  tiny = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
+          "--config.dataset.render_size=24", "--config.data.image_size=24",
+          "--config.data.batch_size=8", "--config.data.uratio=2",
+          "--config.data.labels_per_class=4", "--config.eval.batch_size=32",
+          "--config.mesh.num_devices=1", "--config.train.num_steps=6",
+          "--config.train.log_every=2", "--config.train.eval_every=6",
+          "--config.train.checkpoint_every=6", "--config.train.progress=False"]
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("LD_PRELOAD", "TCMALLOC_RELEASE_RATE", malloc.REEXEC_MARK)}
+  logged = {}
+  for mode in ("system", "tcmalloc"):
+    workdir = tmp_path / mode
+    res = subprocess.run([sys.executable, "-m", "ssfer_jax.main", "--config=configs/default.py:dta_snl",
+                          f"--workdir={workdir}", f"--malloc={mode}", *tiny],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(workdir / "run_info.json") as f:
+      assert json.load(f)["malloc"] == ("glibc" if mode == "system" else "tcmalloc")
+    with open(workdir / "metrics.jsonl") as f:
+      rows = [json.loads(line) for line in f]
+    logged[mode] = [{k: v for k, v in r.items() if k != "time"} for r in rows if r["kind"] == "train"]
+  assert logged["system"] and logged["system"] == logged["tcmalloc"]
