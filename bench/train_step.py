@@ -499,7 +499,7 @@ def _fmt_rate(x):
 def main(argv):
   del argv
   from ssfer_jax import malloc
-  malloc.reexec_if_wanted(_MALLOC.value)  # before jax and torch start their threads
+  malloc.reexec_if_wanted(_MALLOC.value)  # before any timing: both implementations run under it
   import jax
   m = common.machine()
   results = {**m, "batch": _BATCH.value, "uratio": _URATIO.value, "command": " ".join(sys.argv),

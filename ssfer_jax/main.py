@@ -66,7 +66,7 @@ def main(argv):
     raise cli.UserError("--workdir is required: the directory for checkpoints, logs and "
                         "results (an existing one resumes its run)")
   from ssfer_jax import malloc
-  malloc.reexec_if_wanted(_MALLOC.value)  # before jax: the allocator is fixed at process start
+  malloc.reexec_if_wanted(_MALLOC.value)  # an allocator is fixed at process start: before any work
   from ssfer_jax import parallel  # noqa: imported after flags so --help stays fast
   parallel.maybe_initialize_distributed(config.distributed)
   from ssfer_jax import train

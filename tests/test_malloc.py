@@ -1,5 +1,6 @@
 """ssfer_jax.malloc: which allocator a run uses and when it re-executes under tcmalloc."""
 
+import ctypes.util
 import json
 import os
 import pathlib
@@ -12,6 +13,9 @@ from ssfer_jax import malloc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIB = "libtcmalloc_minimal.so.4"
+# Whether the loader finds tcmalloc (not $SSFER_TCMALLOC: the probes below unset it).
+HAS_TCMALLOC = any(ctypes.util.find_library(n) for n in ("tcmalloc_minimal", "tcmalloc"))
+NO_TCMALLOC = "no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)"
 GLIBC_MAPS = ("7f00-7f10 r-xp 00000000 08:01 12 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
               "7f20-7f30 r-xp 00000000 08:01 13 /usr/lib/x86_64-linux-gnu/libm.so.6\n")
 
@@ -22,17 +26,18 @@ def test_loaded_names_the_mapped_allocator():
   assert malloc.loaded(tc) == "tcmalloc"
   je = GLIBC_MAPS + "7f40-7f50 r-xp 0 08:01 14 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
   assert malloc.loaded(je) == "jemalloc"
-  assert malloc.loaded() in ("glibc", "tcmalloc", "jemalloc", "mimalloc")  # this process
+  assert malloc.loaded() in ("glibc", "tcmalloc", "jemalloc", "mimalloc", "unknown")
 
 
 def test_auto_preloads_tcmalloc_and_keeps_the_users_preload_and_rate():
   env = malloc.plan("auto", {"PATH": "/bin"}, "glibc", LIB, None)
   assert env["LD_PRELOAD"] == LIB
   assert env["TCMALLOC_RELEASE_RATE"] == "0"
-  assert env[malloc.REEXEC_MARK] == "1" and env["PATH"] == "/bin"
+  assert env[malloc.REEXEC_MARK] == "" and env["PATH"] == "/bin"   # started without a preload
   env = malloc.plan("auto", {"LD_PRELOAD": "libfoo.so", "TCMALLOC_RELEASE_RATE": "2"},
                     "glibc", LIB, None)
   assert env["LD_PRELOAD"] == f"{LIB}:libfoo.so"   # tcmalloc first: it must own malloc
+  assert env[malloc.REEXEC_MARK] == "libfoo.so"     # what to put back if it does not load
   assert env["TCMALLOC_RELEASE_RATE"] == "2"
 
 
@@ -46,7 +51,7 @@ def test_auto_preloads_tcmalloc_and_keeps_the_users_preload_and_rate():
     ("auto", "unknown", LIB, None, False),        # no /proc: not Linux
 ])
 def test_cases_that_go_on_as_started(mode, now, library, plugin, marked):
-  environ = {malloc.REEXEC_MARK: "1"} if marked else {}
+  environ = {malloc.REEXEC_MARK: ""} if marked else {}
   assert malloc.plan(mode, environ, now, library, plugin) is None
 
 
@@ -58,7 +63,9 @@ def test_tcmalloc_mode_is_explicit():
     malloc.plan("tcmalloc", {}, "glibc", None, None)
   # or that the preload did not take, instead of executing again.
   with pytest.raises(ValueError, match="did not load tcmalloc"):
-    malloc.plan("tcmalloc", {malloc.REEXEC_MARK: "1", "LD_PRELOAD": LIB}, "glibc", LIB, None)
+    malloc.plan("tcmalloc", {malloc.REEXEC_MARK: "", "LD_PRELOAD": LIB}, "glibc", LIB, None)
+  with pytest.raises(ValueError, match="needs Linux"):
+    malloc.plan("tcmalloc", {}, "unknown", LIB, None)
   with pytest.raises(ValueError, match="--malloc='fast' is not valid"):
     malloc.plan("fast", {}, "glibc", LIB, None)
 
@@ -74,19 +81,22 @@ def test_jax_platforms_cpu_hides_an_installed_plugin(monkeypatch):
 _PROBE = ("import os, sys; print('before', os.getpid(), flush=True); "
           "from ssfer_jax import malloc; malloc.reexec_if_wanted(sys.argv[1]); "
           "print('after', os.getpid(), malloc.loaded(), os.environ.get('TCMALLOC_RELEASE_RATE'), "
-          "os.environ.get(malloc.REEXEC_MARK), sys.argv[1:])")
+          "os.environ.get(malloc.REEXEC_MARK), os.environ.get('LD_PRELOAD'), sys.argv[1:])")
 
 
-def _probe(mode):
+def _clean_env(**extra):
   env = {k: v for k, v in os.environ.items()
          if k not in ("LD_PRELOAD", "TCMALLOC_RELEASE_RATE", malloc.REEXEC_MARK,
                       malloc.LIBRARY_ENV)}
+  return dict(env, **extra)
+
+
+def _probe(mode, **env):
   return subprocess.run([sys.executable, "-c", _PROBE, mode, "--x=1"], capture_output=True,
-                        text=True, timeout=120, env=env)
+                        text=True, timeout=120, env=_clean_env(**env))
 
 
-@pytest.mark.skipif(malloc.find_tcmalloc() is None,
-                    reason="no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)")
+@pytest.mark.skipif(not HAS_TCMALLOC, reason=NO_TCMALLOC)
 def test_reexec_runs_the_same_command_in_the_same_process_under_tcmalloc():
   out = _probe("tcmalloc")
   assert out.returncode == 0, out.stderr
@@ -96,7 +106,35 @@ def test_reexec_runs_the_same_command_in_the_same_process_under_tcmalloc():
   assert after.split()[:5] == ["after", pid, "tcmalloc", "0", "None"]   # children: no mark
   assert after.endswith("['tcmalloc', '--x=1']")                 # the same arguments
   out = _probe("system")
+  assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines()[1].split()[2] == "glibc"         # ran once, as started
+  out = _probe("auto", JAX_PLATFORMS="cpu")                        # the default, end to end
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines()[-1].split()[2] == "tcmalloc"
+
+
+def _libc_path():
+  with open("/proc/self/maps") as f:
+    for line in f:
+      if "/libc.so" in line or "/libc-" in line:
+        return line.split()[-1]
+  pytest.skip("no libc in /proc/self/maps")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux only")
+def test_a_preload_that_is_not_tcmalloc_warns_once_and_is_not_inherited():
+  # libc itself preloads fine but is not tcmalloc: the re-executed process is still on glibc.
+  out = _probe("auto", SSFER_TCMALLOC=_libc_path(), JAX_PLATFORMS="cpu")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert len(lines) == 3 and lines[0] == lines[1]                 # executed once, no loop
+  after = lines[2].split()
+  assert after[2] == "glibc" and after[4] == "None" and after[5] == "None"   # mark, preload gone
+  warnings = [line for line in out.stderr.splitlines() if line.strip()]
+  assert len(warnings) == 1 and warnings[0].startswith("warning: LD_PRELOAD=")
+  assert "did not load tcmalloc" in warnings[0]
+  out = _probe("tcmalloc", SSFER_TCMALLOC=_libc_path())
+  assert out.returncode != 0 and "did not load tcmalloc" in out.stderr
 
 
 def test_a_bad_library_path_is_one_error_line_and_writes_nothing(tmp_path):
@@ -106,12 +144,11 @@ def test_a_bad_library_path_is_one_error_line_and_writes_nothing(tmp_path):
       cwd=ROOT, env=dict(os.environ, SSFER_TCMALLOC=str(tmp_path / "libtcmalloc.so")))
   lines = [line for line in res.stderr.splitlines() if line.strip()]
   assert res.returncode == 2 and len(lines) == 1, res.stderr
-  assert lines[0].startswith("error: SSFER_TCMALLOC=") and "is not a file" in lines[0]
+  assert lines[0].startswith("error: SSFER_TCMALLOC=") and "is not a shared library" in lines[0]
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.skipif(malloc.find_tcmalloc() is None,
-                    reason="no tcmalloc on this machine (apt-get install libtcmalloc-minimal4)")
+@pytest.mark.skipif(not HAS_TCMALLOC, reason=NO_TCMALLOC)
 def test_a_run_under_tcmalloc_logs_the_same_numbers_as_under_glibc(tmp_path):
   """The allocator moves no number: same train metrics, bit for bit, and run_info says which."""
   tiny = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
@@ -121,8 +158,7 @@ def test_a_run_under_tcmalloc_logs_the_same_numbers_as_under_glibc(tmp_path):
           "--config.mesh.num_devices=1", "--config.train.num_steps=6",
           "--config.train.log_every=2", "--config.train.eval_every=6",
           "--config.train.checkpoint_every=6", "--config.train.progress=False"]
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("LD_PRELOAD", "TCMALLOC_RELEASE_RATE", malloc.REEXEC_MARK)}
+  env = _clean_env()
   logged = {}
   for mode in ("system", "tcmalloc"):
     workdir = tmp_path / mode
