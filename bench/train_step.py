@@ -87,7 +87,7 @@ import common  # bench/common.py: the repository on sys.path, timing and JSON he
 import numpy as np
 from absl import flags
 
-from ssfer_jax import cli, config as config_lib
+from ssfer_jax import cli, config as config_lib, malloc
 
 _BATCH = flags.DEFINE_integer("batch", 2, "B: labeled images per step (unlabeled: uratio x B).")
 _URATIO = flags.DEFINE_integer("uratio", 7, "Unlabeled images per labeled image.")
@@ -123,7 +123,7 @@ _LOOP_CONFIG = flags.DEFINE_string("loop_config", "configs/default.py",
                                    "loop part: the config file[:variant] to time.")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 30, "loop part: timed steps per measurement.")
 _JSON = flags.DEFINE_string("json", "", "Write the results here as JSON.")
-_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "tcmalloc", "system"],
+_MALLOC = flags.DEFINE_enum("malloc", "auto", malloc.MODES,
                             "C allocator of this process, so of both implementations "
                             "(ssfer_jax/malloc.py; as python -m ssfer_jax.main --malloc).")
 
@@ -498,7 +498,6 @@ def _fmt_rate(x):
 
 def main(argv):
   del argv
-  from ssfer_jax import malloc
   malloc.reexec_if_wanted(_MALLOC.value)  # before any timing: both implementations run under it
   import jax
   m = common.machine()
@@ -705,8 +704,7 @@ def _print_step_table(size, info, peak, results):
                             f"the same-round ratio): {ratio:.2f}x")
   compare("torch dta_snl over supervised", "torch/dta_snl", "torch/supervised", "%")
   if not quiet and any(k.startswith("torch/") for k in info):
-    print(f"  load average reached {load:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio "
-          "printed (PyTorch's OpenMP barriers stall under load); the JAX-vs-JAX lines hold")
+    print(f"  {common.not_quiet_line(load)}; the JAX-vs-JAX lines hold")
   results.setdefault("ratios", {})[size] = {t: {"median": m, "best": b_, "cpu": c, "unit": u}
                                             for t, m, b_, c, u in lines}
   for text, med, best, cpu, unit in lines:

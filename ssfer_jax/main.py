@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ssfer_jax import cli
+from ssfer_jax import cli, malloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -31,7 +31,7 @@ _LIST = flags.DEFINE_bool("list", False, "Print the configs, methods, ablations/
                           "datasets, then exit.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and the label split, "
                              "then exit (writes nothing).")
-_MALLOC = flags.DEFINE_enum("malloc", "auto", ["auto", "tcmalloc", "system"],
+_MALLOC = flags.DEFINE_enum("malloc", "auto", malloc.MODES,
                             "C allocator for a CPU run: auto = tcmalloc when installed and no "
                             "GPU/TPU plugin is (re-executes this command once with LD_PRELOAD; "
                             "ssfer_jax/malloc.py says why), tcmalloc = require it, system = as "
@@ -65,7 +65,6 @@ def main(argv):
   if not _WORKDIR.value:
     raise cli.UserError("--workdir is required: the directory for checkpoints, logs and "
                         "results (an existing one resumes its run)")
-  from ssfer_jax import malloc
   malloc.reexec_if_wanted(_MALLOC.value)  # an allocator is fixed at process start: before any work
   from ssfer_jax import parallel  # noqa: imported after flags so --help stays fast
   parallel.maybe_initialize_distributed(config.distributed)

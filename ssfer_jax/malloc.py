@@ -190,11 +190,8 @@ def describe() -> str:
   if now == "tcmalloc":
     rate = os.environ.get("TCMALLOC_RELEASE_RATE")
     return "tcmalloc" + (f" (TCMALLOC_RELEASE_RATE={rate})" if rate is not None else "")
-  if now == "glibc":
-    try:
-      found = find_tcmalloc()
-    except ValueError:             # a bad $SSFER_TCMALLOC: reexec_if_wanted has said so
-      found = os.environ.get(LIBRARY_ENV)
-    if found is None:
-      return "glibc (tcmalloc makes CPU steps faster: apt-get install libtcmalloc-minimal4)"
+  # The hint only where tcmalloc is not there at all ($SSFER_TCMALLOC set counts as there:
+  # reexec_if_wanted has judged it).
+  if now == "glibc" and not os.environ.get(LIBRARY_ENV) and find_tcmalloc() is None:
+    return "glibc (tcmalloc makes CPU steps faster: apt-get install libtcmalloc-minimal4)"
   return now
