@@ -49,6 +49,12 @@ def quiet(load: float) -> bool:
   return load <= (os.cpu_count() or 1)
 
 
+def not_quiet_line(load: float) -> str:
+  """What a bench prints instead of its JAX / PyTorch ratios when ``quiet(load)`` fails."""
+  return (f"load average {load:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio printed "
+          "(PyTorch's OpenMP barriers stall under load)")
+
+
 def per_call_s(fn, n: int, sync=None) -> float:
   """Seconds per call of ``fn()`` over ``n`` calls; ``sync(last result)`` (e.g.
   ``jax.block_until_ready``) is inside the timing, so asynchronous work is counted."""

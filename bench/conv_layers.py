@@ -139,8 +139,7 @@ def main(_):
   print(f"{'one pass, weighted':<32}" + "".join(f"{c:>22}" for c in cells))
   results["totals_s"] = {f"{impl}_{op}": v for (impl, op), v in totals.items()}
   if not quiet:
-    print(f"load average {load_end[0]:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio "
-          "printed")
+    print(common.not_quiet_line(load_end[0]))
   if _JSON.value:
     common.write_json(_JSON.value, results)
 

@@ -144,7 +144,7 @@ def main(_):
     print(f"{part:<22}{1e3 * j:>9.1f}{1e3 * t:>10.1f}"
           + (f"{j / t:>12.2f}x" if quiet else "   (load)"), flush=True)
   if not quiet:
-    print(f"load average {load:.1f} > {os.cpu_count()} cores: no JAX / PyTorch ratio printed")
+    print(common.not_quiet_line(load))
   if _JSON.value:
     common.write_json(_JSON.value, results)
 
