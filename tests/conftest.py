@@ -10,6 +10,14 @@ import pytest  # noqa: E402
 
 from ssfer_jax.config import base_config, set_algorithm  # noqa: E402
 
+# The command-line twin of tiny_config's data and model sizes, for tests that run
+# ``python -m ssfer_jax.main`` in a subprocess (one device).
+TINY_FLAGS = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
+              "--config.dataset.render_size=24", "--config.data.image_size=24",
+              "--config.data.batch_size=8", "--config.data.uratio=2",
+              "--config.data.labels_per_class=4", "--config.eval.batch_size=32",
+              "--config.mesh.num_devices=1"]
+
 
 def tiny_config(algorithm: str = "fixmatch", **overrides):
   """A config that trains in seconds: 24 px synthetic faces, a narrow CNN, small batches."""

@@ -11,16 +11,11 @@ import sys
 
 import pytest
 
-from conftest import tiny_config
+from conftest import TINY_FLAGS, tiny_config
 from ssfer_jax import cli, outputs, train
 from ssfer_jax.tools import convert, evaluate, export, predict, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
-        "--config.dataset.render_size=24", "--config.data.image_size=24",
-        "--config.data.batch_size=8", "--config.data.uratio=2",
-        "--config.data.labels_per_class=4", "--config.eval.batch_size=32",
-        "--config.mesh.num_devices=1"]
 
 
 def _cli(*args, env=None):
@@ -187,7 +182,7 @@ def test_list_and_dry_run(tmp_path):
   for needle in ("configs/default.py", "dta_snl", "flexmatch", "no_snl", "rafdb", "synthetic"):
     assert needle in out
   rc, out, err = _cli("-m", "ssfer_jax.main", "--config=configs/default.py:dta_snl", "--dry_run",
-                      *TINY)
+                      *TINY_FLAGS)
   assert rc == 0, err
   assert '"algorithm": "dta_snl"' in out
   assert "28 labeled" in out and "212 unlabeled" in out  # 4 per class x 7 classes of 240

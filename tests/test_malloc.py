@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from conftest import TINY_FLAGS
 from ssfer_jax import malloc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -151,11 +152,7 @@ def test_a_bad_library_path_is_one_error_line_and_writes_nothing(tmp_path):
 @pytest.mark.skipif(not HAS_TCMALLOC, reason=NO_TCMALLOC)
 def test_a_run_under_tcmalloc_logs_the_same_numbers_as_under_glibc(tmp_path):
   """The allocator moves no number: same train metrics, bit for bit, and run_info says which."""
-  tiny = ["--config.dataset.num_train=240", "--config.dataset.num_test=64",
-          "--config.dataset.render_size=24", "--config.data.image_size=24",
-          "--config.data.batch_size=8", "--config.data.uratio=2",
-          "--config.data.labels_per_class=4", "--config.eval.batch_size=32",
-          "--config.mesh.num_devices=1", "--config.train.num_steps=6",
+  tiny = [*TINY_FLAGS, "--config.train.num_steps=6",
           "--config.train.log_every=2", "--config.train.eval_every=6",
           "--config.train.checkpoint_every=6", "--config.train.progress=False"]
   env = _clean_env()

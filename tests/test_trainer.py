@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import Killed, restored_state, tiny_config
+from conftest import TINY_FLAGS, Killed, restored_state, tiny_config
 from ssfer_jax import algorithms, parallel, train
 from ssfer_jax.algorithms.base import Algorithm, UnlabeledOutput, no_state
 from ssfer_jax.data import pipeline
@@ -151,13 +151,9 @@ def test_sigkill_midway_then_same_command_resumes(tmp_path):
   import time
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "ssfer_jax.main", "--config=configs/default.py",
-         f"--workdir={workdir}", "--config.dataset.num_train=240", "--config.dataset.num_test=64",
-         "--config.dataset.render_size=24", "--config.data.image_size=24",
-         "--config.data.batch_size=8", "--config.data.uratio=2", "--config.data.labels_per_class=4",
-         "--config.eval.batch_size=32", "--config.train.num_steps=120",
+         f"--workdir={workdir}", *TINY_FLAGS, "--config.train.num_steps=120",
          "--config.train.checkpoint_every=5", "--config.train.eval_every=120",
-         "--config.train.log_every=5", "--config.train.async_checkpoint=false",
-         "--config.mesh.num_devices=1"]
+         "--config.train.log_every=5", "--config.train.async_checkpoint=false"]
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 180
   try:
